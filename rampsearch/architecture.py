@@ -1,0 +1,123 @@
+"""What an iFormer is made of, apart from its ramp: depths, widths, head size, MLP ratio, pooling.
+
+The paper's three variants (and the project's CPU proxy "nano") are data here; any other
+four-stage architecture is an `Architecture` built from explicit values.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+from .errors import UserError
+
+NUM_STAGES = 4
+
+
+class ArchitectureError(UserError):
+    """An architecture that cannot be built (the message names the offending value)."""
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    depths: tuple[int, ...]
+    embed_dims: tuple[int, ...]
+    # Attention heads of the low-frequency mixer per block, as in the official
+    # `attention_heads` lists; None: use the paper-style rule (rampsearch.ramp.paper_style_ramp).
+    handset_low_heads: tuple[int, ...] | None = None
+    img_size: int = 224
+
+
+def _runs(*pairs: tuple[int, int]) -> tuple[int, ...]:
+    return tuple(value for value, count in pairs for _ in range(count))
+
+
+VARIANTS: dict[str, VariantConfig] = {
+    "small": VariantConfig(
+        depths=(3, 3, 9, 3), embed_dims=(96, 192, 320, 384),
+        handset_low_heads=_runs((1, 3), (3, 3), (7, 4), (9, 5), (11, 3))),
+    "base": VariantConfig(
+        depths=(4, 6, 14, 6), embed_dims=(96, 192, 384, 512),
+        handset_low_heads=_runs((1, 4), (3, 6), (8, 7), (10, 7), (15, 6))),
+    "large": VariantConfig(
+        depths=(4, 6, 18, 8), embed_dims=(96, 192, 448, 640),
+        handset_low_heads=_runs((1, 4), (3, 6), (10, 9), (12, 9), (19, 8))),
+    # Not from the paper: a ~3.5M-param model for CPU proxy trainings at 64 px.
+    "nano": VariantConfig(depths=(2, 2, 4, 2), embed_dims=(64, 128, 192, 256), img_size=64),
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Everything but the ramp. Widths must be multiples of `head_dim` (every head is head_dim wide)."""
+
+    depths: tuple[int, ...]
+    embed_dims: tuple[int, ...]
+    head_dim: int = 32
+    mlp_ratio: float = 4.0
+    pool_sizes: tuple[int, ...] = (2, 2, 1, 1)
+    variant: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("depths", "embed_dims", "pool_sizes"):
+            value = tuple(getattr(self, name))
+            object.__setattr__(self, name, value)
+            if len(value) != NUM_STAGES or not all(isinstance(v, int) and v >= 1 for v in value):
+                raise ArchitectureError(
+                    f"{name} must be {NUM_STAGES} positive integers (one per stage), got {list(value)}")
+        if not (isinstance(self.head_dim, int) and self.head_dim >= 2 and self.head_dim % 2 == 0):
+            raise ArchitectureError(f"head_dim must be a positive even integer, got {self.head_dim}")
+        bad = [d for d in self.embed_dims if d % self.head_dim]
+        if bad:
+            raise ArchitectureError(
+                f"embed_dims {list(self.embed_dims)}: {bad} not a multiple of head_dim={self.head_dim}; "
+                f"use multiples such as {[max(1, round(d / self.head_dim)) * self.head_dim for d in self.embed_dims]}")
+        if not self.mlp_ratio > 0:
+            raise ArchitectureError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+
+    @classmethod
+    def resolve(cls, variant: str | None = None, *, depths: Sequence[int] | None = None,
+                embed_dims: Sequence[int] | None = None, head_dim: int = 32, mlp_ratio: float = 4.0,
+                pool_sizes: Sequence[int] = (2, 2, 1, 1)) -> "Architecture":
+        """A variant's depths/widths, with any explicit value taking precedence."""
+        if variant is not None:
+            if variant not in VARIANTS:
+                raise ArchitectureError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
+            config = VARIANTS[variant]
+            depths = config.depths if depths is None else tuple(depths)
+            embed_dims = config.embed_dims if embed_dims is None else tuple(embed_dims)
+            if (depths, embed_dims) != (config.depths, config.embed_dims):
+                variant = None  # a modified variant is just another architecture
+        elif depths is None or embed_dims is None:
+            raise ArchitectureError("give a variant (nano/small/base/large) or both depths and embed_dims")
+        return cls(tuple(depths), tuple(embed_dims), head_dim, mlp_ratio, tuple(pool_sizes), variant)
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(self.depths)
+
+    @property
+    def block_stages(self) -> tuple[int, ...]:
+        """Stage index (0-based) of every block, in order."""
+        return tuple(s for s, depth in enumerate(self.depths) for _ in range(depth))
+
+    @property
+    def block_widths(self) -> tuple[int, ...]:
+        return tuple(self.embed_dims[s] for s in self.block_stages)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["depths"], data["embed_dims"], data["pool_sizes"] = (
+            list(self.depths), list(self.embed_dims), list(self.pool_sizes))
+        if data["variant"] is None:
+            del data["variant"]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Architecture":
+        known = {"variant", "depths", "embed_dims", "head_dim", "mlp_ratio", "pool_sizes"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ArchitectureError(f"unknown architecture keys {unknown}; allowed: {sorted(known)}")
+        return cls.resolve(data.get("variant"), depths=data.get("depths"), embed_dims=data.get("embed_dims"),
+                           head_dim=data.get("head_dim", 32), mlp_ratio=data.get("mlp_ratio", 4.0),
+                           pool_sizes=data.get("pool_sizes", (2, 2, 1, 1)))

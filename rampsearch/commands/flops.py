@@ -1,0 +1,74 @@
+"""`rampsearch flops`: parameters, fvcore FLOPs and a per-stage table of one model and ramp."""
+from __future__ import annotations
+
+import argparse
+from itertools import groupby
+
+from ..flops import flop_report, flops_model
+from ..models import build_iformer
+from .common import add_model_args, print_json, resolve_model_args
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "flops", help="parameters, FLOPs and a per-stage table of a model with a ramp",
+        description="Build the model, count its FLOPs with fvcore (one multiply-add = one FLOP, the paper's "
+                    "convention) and print parameters, FLOPs and a per-stage table. The closed-form estimate "
+                    "that searches use is printed beside the fvcore count.")
+    add_model_args(parser)
+    parser.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
+    parser.add_argument("--json", action="store_true",
+                        help='print {"params", "flops", "ramp", "per_block", ...} as JSON')
+    parser.set_defaults(func=run)
+
+
+def _stage_of(param_name: str) -> str:
+    top = param_name.split(".")[0]
+    digits = "".join(ch for ch in top if ch.isdigit())
+    if top.startswith(("patch_embed", "pos_embed", "blocks")):
+        return digits or "1"
+    return "head"
+
+
+def _ratio_runs(ratios: list[float]) -> str:
+    return ", ".join(f"{r:.3g}×{len(list(run))}" for r, run in groupby(ratios))
+
+
+def run(args: argparse.Namespace) -> int:
+    arch, ramp, img_size = resolve_model_args(args)
+    model = build_iformer(depths=arch.depths, embed_dims=arch.embed_dims, ramp=ramp, head_dim=arch.head_dim,
+                          mlp_ratio=arch.mlp_ratio, pool_sizes=arch.pool_sizes, img_size=img_size,
+                          num_classes=args.num_classes)
+    report = flop_report(model, img_size)
+    estimate = flops_model(arch, img_size, args.num_classes)
+    block_flops = estimate.per_block(ramp)
+    params = sum(p.numel() for p in model.parameters())
+    stage_params: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        stage_params[_stage_of(name)] = stage_params.get(_stage_of(name), 0) + p.numel()
+    channels = ramp.channels(arch)
+    per_block = [
+        {"block": b, "stage": s + 1, "width": w, "ratio": r, "high_channels": ch, "low_channels": cl,
+         "flops": f}
+        for b, (s, w, r, (ch, cl), f) in enumerate(zip(arch.block_stages, arch.block_widths, ramp.ratios,
+                                                        channels, block_flops))]
+    if args.json:
+        print_json({"params": params, "flops": report.total, "flops_estimate": estimate.of(ramp),
+                    "img_size": img_size, "ramp": list(ramp.ratios), "per_block": per_block,
+                    "architecture": arch.to_dict(), "unsupported_ops": report.unsupported})
+        return 0
+    name = args.variant or args.arch
+    print(f"{name} @ {img_size}px: {params:,} params, {report.total:,} FLOPs "
+          f"({report.total / 1e9:.3f} GFLOPs, fvcore multiply-adds; closed form {estimate.of(ramp):,})")
+    print(f"{'stage':>5} {'blocks':>6} {'width':>5}  {'params':>11} {'GFLOPs':>7}  C_h/C per block")
+    for s, (depth, width) in enumerate(zip(arch.depths, arch.embed_dims)):
+        rows = [row for row in per_block if row["stage"] == s + 1]
+        module_flops = report.by_module.get("patch_embed" if s == 0 else f"patch_embed{s + 1}", 0) + \
+            report.by_module.get(f"blocks{s + 1}", 0)
+        print(f"{s + 1:>5} {depth:>6} {width:>5}  {stage_params.get(str(s + 1), 0):>11,} "
+              f"{module_flops / 1e9:>7.3f}  {_ratio_runs([row['ratio'] for row in rows])}")
+    print(f"{'head':>5} {'':>6} {'':>5}  {stage_params.get('head', 0):>11,} "
+          f"{(report.by_module.get('norm', 0) + report.by_module.get('head', 0)) / 1e9:>7.3f}  (final norm + head)")
+    print("not counted by fvcore (zero FLOPs): " +
+          ", ".join(f"{op.removeprefix('aten::')}×{n}" for op, n in sorted(report.unsupported.items())))
+    return 0

@@ -1,0 +1,4 @@
+"""Model families. Importing this registers the `inception_transformer_*` names with timm."""
+from .inception_transformer import InceptionTransformer, build_iformer, set_fused_attn
+
+__all__ = ["InceptionTransformer", "build_iformer", "set_fused_attn"]
