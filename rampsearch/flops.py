@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .architecture import Architecture
-from .models.inception_transformer import stage_sizes
+from .models.inception_transformer import LAYER_SCALE_STAGES, stage_sizes
 from .ramp import ContinuousRamp, RampSchedule, resolve_ramp
 
 __all__ = ["FlopReport", "FlopsModel", "count_flops", "estimate_flops", "flop_report"]
@@ -93,8 +93,22 @@ def block_flops(width: int, high: int, size: tuple[int, int], pool: int, head_di
     return flops
 
 
+def block_params(width: int, high: int, mlp_ratio: float, layer_scale: bool) -> int:
+    """Parameters of one Block with `high` = C_h channels."""
+    low = width - high
+    hidden = int(width * mlp_ratio)
+    params = 4 * width + (2 * width if layer_scale else 0)  # two LayerNorms, layer scales
+    if high:
+        params += high * high + 10 * high  # two 1x1 convs C_h/2 -> C_h (one with bias), 3x3 depthwise
+    if low:
+        params += 3 * low * low + 3 * low  # qkv with bias
+    fused = 2 * high + low
+    params += 9 * fused + fused * width + width  # depthwise fuse, 1x1 projection with bias
+    return params + 2 * width * hidden + hidden + width  # MLP
+
+
 class FlopsModel:
-    """Closed-form fvcore FLOPs of every ramp of one architecture at one input size.
+    """Closed-form fvcore FLOPs (and parameters) of every ramp of one architecture at one input size.
 
     Per-block costs are tabulated once, so a schedule's FLOPs is a sum of table entries.
     """
@@ -111,10 +125,15 @@ class FlopsModel:
             for k in range(units[b] + 1):
                 self.table[b, k] = block_flops(width, k * arch.head_dim, sizes[stage], arch.pool_sizes[stage],
                                                arch.head_dim, arch.mlp_ratio)
+        self.params_base = self._params_outside_blocks(arch, sizes, num_classes, in_chans)
+        self._params_rows = [
+            [block_params(width, k * arch.head_dim, arch.mlp_ratio, stage in LAYER_SCALE_STAGES)
+             for k in range(units[b] + 1)]
+            for b, (stage, width) in enumerate(zip(arch.block_stages, arch.block_widths))]
         self._rows = np.arange(arch.num_blocks)
-        self._table_rows = [list(map(int, row)) for row in self.table]
-        self.min = self.base + int(sum(min(row[:u + 1]) for row, u in zip(self._table_rows, units)))
-        self.max = self.base + int(sum(max(row[:u + 1]) for row, u in zip(self._table_rows, units)))
+        self.rows = [list(map(int, row)) for row in self.table]  # rows[b][k]: as Python ints, for speed
+        self.min = self.base + int(sum(min(row[:u + 1]) for row, u in zip(self.rows, units)))
+        self.max = self.base + int(sum(max(row[:u + 1]) for row, u in zip(self.rows, units)))
 
     @staticmethod
     def _outside_blocks(arch: Architecture, img_size: int | tuple[int, int], sizes: list[tuple[int, int]],
@@ -131,9 +150,24 @@ class FlopsModel:
         n_last, c_last = sizes[-1][0] * sizes[-1][1], arch.embed_dims[-1]
         return flops + 5 * n_last * c_last + c_last * max(num_classes, 0)  # final norm, head
 
+    @staticmethod
+    def _params_outside_blocks(arch: Architecture, sizes: list[tuple[int, int]], num_classes: int,
+                               in_chans: int) -> int:
+        c0 = arch.embed_dims[0]
+        params = (c0 // 2) * (in_chans * 9 + 3) + c0 * ((c0 // 2) * 9 + 3)  # stem convs (+bias) + BN affine
+        for s in range(1, len(sizes)):
+            params += arch.embed_dims[s] * (arch.embed_dims[s - 1] * 9 + 3)  # downsample conv + BN affine
+        params += sum(h * w * c for (h, w), c in zip(sizes, arch.embed_dims))  # position embeddings
+        c_last = arch.embed_dims[-1]
+        return params + 2 * c_last + (c_last + 1) * max(num_classes, 0)  # final norm, head
+
+    def params_of_heads(self, high_heads: Sequence[int]) -> int:
+        """Parameter count for per-block high-frequency head counts."""
+        return self.params_base + sum(row[k] for row, k in zip(self._params_rows, high_heads))
+
     def of_heads(self, high_heads: Sequence[int]) -> int:
         """FLOPs for per-block high-frequency head counts (k = C_h / head_dim)."""
-        return self.base + sum(row[k] for row, k in zip(self._table_rows, high_heads))
+        return self.base + sum(row[k] for row, k in zip(self.rows, high_heads))
 
     def of(self, ramp: RampSchedule) -> int:
         return self.of_heads(ramp.high_heads(self.arch))
@@ -143,7 +177,7 @@ class FlopsModel:
         return self.base + self.table[self._rows, np.asarray(high_heads)].sum(axis=1)
 
     def per_block(self, ramp: RampSchedule) -> list[int]:
-        return [row[k] for row, k in zip(self._table_rows, ramp.high_heads(self.arch))]
+        return [row[k] for row, k in zip(self.rows, ramp.high_heads(self.arch))]
 
 
 @lru_cache(maxsize=256)

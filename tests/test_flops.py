@@ -33,6 +33,8 @@ def test_estimate_equals_fvcore(case):
                               mlp_ratio=arch.mlp_ratio, pool_sizes=arch.pool_sizes, img_size=size,
                               num_classes=num_classes)
     assert estimate == count_flops(model, size)
+    params = flops_model(arch, size, num_classes).params_of_heads(ramp.high_heads(arch))
+    assert params == sum(p.numel() for p in model.parameters())
 
 
 def test_ramp_range_of_small_matches_reference():
@@ -43,6 +45,12 @@ def test_ramp_range_of_small_matches_reference():
     assert round(model.of_heads(one_attention_head) / 1e9, 3) == 4.627
     assert round(model.of_heads([1] * 18) / 1e9, 3) == 4.992
     assert model.min < 4.627e9 and model.max > 4.992e9  # pure-branch blocks widen the range
+
+
+def test_closed_form_params_of_official_variants():
+    for name, params in (("small", 19_866_344), ("base", 47_866_216), ("large", 86_637_096)):
+        arch = Architecture.resolve(name)
+        assert flops_model(arch).params_of_heads(RampSchedule.handset(arch).high_heads(arch)) == params
 
 
 def test_vectorised_equals_scalar():
