@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 
-COMMANDS = ["flops"]
+COMMANDS = ["flops", "search"]
 
 
 def build_parser() -> argparse.ArgumentParser:

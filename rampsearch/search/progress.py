@@ -1,0 +1,52 @@
+"""The live progress line of a search: trials done/pruned/failed, best so far, ETA."""
+from __future__ import annotations
+
+import sys
+from typing import Iterable
+
+from optuna.trial import FrozenTrial, TrialState
+
+
+def counts(trials: Iterable[FrozenTrial]) -> dict[str, int | float | None]:
+    """Trial counts by outcome and the best accuracy (first objective) among complete trials."""
+    out: dict[str, int | float | None] = {"done": 0, "pruned": 0, "failed": 0, "over_budget": 0, "running": 0,
+                                          "best": None}
+    for t in trials:
+        if t.user_attrs.get("infeasible"):
+            out["over_budget"] += 1
+        elif t.state == TrialState.COMPLETE:
+            out["done"] += 1
+            value = t.values[0]
+            out["best"] = value if out["best"] is None else max(out["best"], value)
+        elif t.state == TrialState.PRUNED:
+            out["pruned"] += 1
+        elif t.state == TrialState.FAIL:
+            out["failed"] += 1
+        elif t.state == TrialState.RUNNING:
+            out["running"] += 1
+    return out
+
+
+class Progress:
+    """A tqdm bar over trained trials (stderr); quiet when disabled."""
+
+    def __init__(self, total: int, enabled: bool = True, desc: str = "search") -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="trial", file=sys.stderr, disable=not enabled,
+                        dynamic_ncols=True)
+
+    def update(self, trials: list[FrozenTrial]) -> None:
+        c = counts(trials)
+        finished = c["done"] + c["pruned"] + c["failed"]
+        self.bar.n = min(finished, self.bar.total)
+        best = "-" if c["best"] is None else f"{c['best']:.2f}"
+        self.bar.set_postfix_str(f"done={c['done']} pruned={c['pruned']} failed={c['failed']} "
+                                 f"over-budget={c['over_budget']} best={best}")
+        self.bar.refresh()
+
+    def note(self, message: str) -> None:
+        self.bar.write(message, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,185 @@
+"""The distributed backend: Ray Tune schedules proxy trainings across CPU/GPU workers and machines.
+
+Optuna still samples (Ray's OptunaSearch, define-by-run, the same space and constraints as the
+embedded backend) and keeps every trial in the run directory's journal-file study, so the
+outputs are the same. ASHA stops weak trials early; `--gpus-per-trial 0.25` packs four trials on
+one GPU. Three things OptunaSearch gets wrong for us are fixed in `RampOptunaSearch`:
+over-budget candidates are rejected in `suggest` (never scheduled, as in the embedded backend);
+ASHA-stopped trials are told to Optuna as PRUNED, not as COMPLETE full-fidelity results; errored
+trials are FAIL even if they reported some epochs.
+
+Multi-node: the package must be installed on every node and the run directory must be on a
+filesystem all nodes see (NFS), since Tune keeps trial checkpoints under it.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
+
+from ..architecture import Architecture
+from ..errors import UserError
+from ..ramp import RampSchedule
+from .optuna_backend import MAX_INFEASIBLE_PER_TRIAL, make_sampler, open_storage
+from .options import SearchOptions
+from .progress import Progress
+from .space import SearchSpace
+from .trial import admit, run_trial, train_config
+
+METRICS = {"accuracy": ("top1", "max"), "flops": ("gflops", "min"), "params": ("mparams", "min")}
+
+
+class DefineByRun:
+    """The space as Ray's OptunaSearch wants it: a picklable define-by-run callable."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        candidate = self.space.suggest(trial)
+        return {"architecture": candidate.arch.to_dict(), "ramp": list(candidate.ramp.ratios),
+                "baseline": candidate.baseline, "admitted": admit(trial, candidate),
+                "gflops": candidate.flops / 1e9, "mparams": candidate.params / 1e6}
+
+
+class RampOptunaSearch(OptunaSearch):
+    """OptunaSearch that rejects over-budget candidates and tells Optuna the truth about early stops."""
+
+    def __init__(self, *args: Any, max_epochs: int, baseline: dict[str, Any], **kwargs: Any) -> None:
+        self.max_epochs, self.baseline = max_epochs, baseline  # before super(): it sets the study up
+        self.history: dict[str, list[dict[str, float]]] = {}
+        super().__init__(*args, **kwargs)
+
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        self._ot_study.enqueue_trial(self.baseline, skip_if_exists=True)
+
+    def suggest(self, trial_id: str):
+        for _ in range(MAX_INFEASIBLE_PER_TRIAL):
+            config = super().suggest(trial_id)
+            if config is None or config.get("admitted", True):
+                if config is not None:
+                    self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+                return config
+            self._ot_study.tell(self._ot_trials.pop(trial_id), state=TrialState.PRUNED)
+        return Searcher.FINISHED
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        entry = {"epoch": result["training_iteration"],
+                 **{k: result[k] for k in ("top1", "top5", "loss", "train_loss") if k in result}}
+        self.history.setdefault(trial_id, []).append(entry)
+        self._ot_trials[trial_id].set_user_attr("history", self.history[trial_id])
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        if result and "time_total_s" in result:
+            ot_trial.set_user_attr("duration_s", result["time_total_s"])
+        epochs = (result or {}).get("training_iteration", 0)
+        if error or epochs < self.max_epochs:
+            reason = "error in the trainable (see the Ray trial log)" if error else \
+                f"stopped by ASHA after epoch {epochs}"
+            ot_trial.set_user_attr("reason", reason)
+            try:
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL if error else TrialState.PRUNED)
+            except Exception:  # e.g. told already by a restored searcher
+                pass
+            self._completed_trials.add(trial_id)
+            return
+        super().on_trial_complete(trial_id, result, error)
+
+
+def _trainable(config: dict[str, Any], space: SearchSpace, run_dir: str, device: str | None, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    arch = Architecture.from_dict(config["architecture"])
+    candidate = space.candidate(arch, RampSchedule(tuple(config["ramp"])), baseline=config["baseline"])
+    folder = Path(run_dir) / "trials" / f"ray_{tune.get_context().get_trial_id()}"
+    restored = tune.get_checkpoint()
+    if restored is not None and not (folder / "checkpoint").exists():
+        restored.to_directory(str(folder / "checkpoint"))  # a retry on another node
+    constants = {"gflops": candidate.flops / 1e9, "mparams": candidate.params / 1e6}
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        checkpoint_dir = folder / "checkpoint"
+        checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir.is_dir() else None
+        tune.report({**metrics, **constants, "epoch": epoch}, checkpoint=checkpoint)
+
+    run_trial(train_config(space, candidate, folder, device), report)
+
+
+class ProgressCallback(tune.Callback):
+    """Refreshes the progress line from the study whenever a Tune trial ends."""
+
+    def __init__(self, study: optuna.Study, progress: Progress) -> None:
+        self.study, self.progress = study, progress
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.progress.update(self.study.get_trials(deepcopy=False))
+
+    on_trial_error = on_trial_complete
+
+
+def run(space: SearchSpace, space_file: Path, run_dir: Path, options: SearchOptions,
+        progress: Progress | None = None) -> optuna.Study:
+    """Run (or resume) a Ray Tune search; returns the Optuna study that holds its trials."""
+    if options.storage:
+        raise UserError("--storage is for the optuna backend; with --backend ray, Ray's cluster shares the work "
+                        "and the study lives in the run directory")
+    run_dir = run_dir.resolve()
+    started_here = not options.address and not ray.is_initialized()
+    if options.address:
+        ray.init(address=options.address, log_to_driver=False)
+    elif started_here:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    epochs = space.proxy.get("epochs", 3)
+    metric, mode = zip(*(METRICS[o] for o in space.objectives))
+    searcher = RampOptunaSearch(
+        space=DefineByRun(space), metric=list(metric) if space.multi_objective else metric[0],
+        mode=list(mode) if space.multi_objective else mode[0], sampler=make_sampler(space),
+        study_name=options.study, storage=open_storage(run_dir, None), max_epochs=epochs,
+        baseline=space.baseline_params())
+    device = options.device or ("cuda" if options.gpus_per_trial > 0 else None)
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, space=space, run_dir=str(run_dir), device=device,
+                             threads=max(1, int(options.cpus_per_trial))),
+        {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
+    # Created here (OptunaSearch then loads it) so the driver can read progress from the start.
+    study = optuna.create_study(study_name=options.study, storage=open_storage(run_dir, None),
+                                directions=space.directions, load_if_exists=True)
+    experiment = run_dir / "ray" / options.study
+    callbacks = [ProgressCallback(study, progress)] if progress else []
+    if tune.Tuner.can_restore(str(experiment)):
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        if experiment.exists():
+            shutil.rmtree(experiment)  # an experiment that never wrote its state: nothing to resume
+        scheduler = ASHAScheduler(time_attr="training_iteration", metric="top1", mode="max", max_t=epochs,
+                                  grace_period=1, reduction_factor=3)
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=options.trials,
+                                        reuse_actors=False),
+            run_config=tune.RunConfig(name=options.study, storage_path=str(run_dir / "ray"), verbose=0,
+                                      callbacks=callbacks,
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                      failure_config=tune.FailureConfig(max_failures=2)))
+    try:
+        tuner.fit()
+    finally:
+        if started_here:
+            ray.shutdown()
+    return optuna.load_study(study_name=options.study, storage=open_storage(run_dir, None))

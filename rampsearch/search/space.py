@@ -1,0 +1,374 @@
+"""Search spaces: the YAML schema, its validation, and turning a sampler's numbers into a candidate.
+
+The schema is documented in search_spaces/README.md. Every candidate's FLOPs and parameters come
+from the closed-form model (rampsearch.flops) inside `suggest`, before any training, and are
+given to Optuna as constraints (`trial.set_constraint`, feasible when <= 0), which the TPE,
+NSGA-II and GP samplers use to steer away from over-budget regions.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..architecture import Architecture, ArchitectureError
+from ..errors import UserError
+from ..flops import flops_model
+from ..ramp import RampSchedule
+from .parameterizations import PARAMETERIZATIONS, Knots, Parameterization
+
+SAMPLERS = ("tpe", "nsga2", "gp", "cmaes", "random")
+PRUNERS = ("median", "hyperband", "none")
+OBJECTIVES = {"accuracy": "maximize", "flops": "minimize", "params": "minimize"}
+TOP_KEYS = {"name", "architecture", "img_size", "ramp", "search_architecture", "budget", "objectives",
+            "proxy", "search"}
+
+
+class SpaceError(UserError):
+    """A search-space file that does not validate (the message names the file and key)."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    gflops: float | None = None
+    mparams: float | None = None
+    num_classes: int = 1000  # FLOPs/params are counted with the paper's 1000-class head
+
+    def violations(self, flops: int, params: int) -> dict[str, float]:
+        """Constraint values (feasible when every value <= 0), in GFLOPs / M params over budget."""
+        out = {}
+        if self.gflops is not None:
+            out["gflops"] = flops / 1e9 - self.gflops
+        if self.mparams is not None:
+            out["mparams"] = params / 1e6 - self.mparams
+        return out
+
+
+@dataclass(frozen=True)
+class Candidate:
+    arch: Architecture
+    ramp: RampSchedule
+    flops: int
+    params: int
+    violations: dict[str, float] = field(default_factory=dict)
+    baseline: bool = False
+
+    @property
+    def feasible(self) -> bool:
+        return all(v <= 0 for v in self.violations.values())
+
+    def describe_violation(self) -> str:
+        parts = [f"{k} over budget by {v:.4g}" for k, v in self.violations.items() if v > 0]
+        return "; ".join(parts) or "within budget"
+
+
+@dataclass(frozen=True)
+class ArchChoices:
+    """Per-stage ranges/choices of the architecture search; None keeps the base architecture's value."""
+
+    depths: tuple[tuple[int, int], ...] | None = None  # (min, max) per stage
+    embed_dims: tuple[tuple[int, ...], ...] | None = None  # choices per stage
+    mlp_ratio: tuple[float, ...] | None = None
+    pool_sizes: tuple[tuple[int, ...], ...] | None = None  # choices per stage
+
+    def suggest(self, trial: Any, base: Architecture) -> Architecture:
+        depths = (tuple(trial.suggest_int(f"depth_{s + 1}", lo, hi) for s, (lo, hi) in enumerate(self.depths))
+                  if self.depths else base.depths)
+        dims = (tuple(trial.suggest_categorical(f"dim_{s + 1}", list(c)) for s, c in enumerate(self.embed_dims))
+                if self.embed_dims else base.embed_dims)
+        mlp = trial.suggest_categorical("mlp_ratio", list(self.mlp_ratio)) if self.mlp_ratio else base.mlp_ratio
+        pools = (tuple(trial.suggest_categorical(f"pool_{s + 1}", list(c)) for s, c in enumerate(self.pool_sizes))
+                 if self.pool_sizes else base.pool_sizes)
+        return Architecture(depths, dims, base.head_dim, mlp, pools)
+
+    def params_of(self, arch: Architecture) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        if self.depths:
+            params.update({f"depth_{s + 1}": d for s, d in enumerate(arch.depths)})
+        if self.embed_dims:
+            params.update({f"dim_{s + 1}": d for s, d in enumerate(arch.embed_dims)})
+        if self.mlp_ratio:
+            params["mlp_ratio"] = arch.mlp_ratio
+        if self.pool_sizes:
+            params.update({f"pool_{s + 1}": p for s, p in enumerate(arch.pool_sizes)})
+        return params
+
+    def architectures(self, base: Architecture) -> list[tuple[Architecture, Architecture]]:
+        """(shallowest, deepest) architecture per combination of widths, MLP ratio and pooling."""
+        depths = self.depths or tuple((d, d) for d in base.depths)
+        dims = self.embed_dims or tuple((d,) for d in base.embed_dims)
+        pools = self.pool_sizes or tuple((p,) for p in base.pool_sizes)
+        out = []
+        for mlp in self.mlp_ratio or (base.mlp_ratio,):
+            for d in itertools.product(*dims):
+                for p in itertools.product(*pools):
+                    shallow = Architecture(tuple(lo for lo, _ in depths), d, base.head_dim, mlp, p)
+                    deep = Architecture(tuple(hi for _, hi in depths), d, base.head_dim, mlp, p)
+                    out.append((shallow, deep))
+        return out
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    name: str
+    base: Architecture
+    img_size: int
+    parameterization: Parameterization
+    ratio_range: tuple[float, float]
+    arch_choices: ArchChoices | None
+    budget: Budget
+    objectives: tuple[str, ...]
+    proxy: dict[str, Any]
+    search: dict[str, Any]
+    source: str = ""
+
+    @property
+    def directions(self) -> list[str]:
+        return [OBJECTIVES[o] for o in self.objectives]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
+
+    # -- candidates ---------------------------------------------------------------------------------
+    def candidate(self, arch: Architecture, ramp: RampSchedule, baseline: bool = False) -> Candidate:
+        model = flops_model(arch, self.img_size, self.budget.num_classes)
+        heads = ramp.high_heads(arch)
+        flops, params = model.of_heads(heads), model.params_of_heads(heads)
+        return Candidate(arch, ramp, flops, params, self.budget.violations(flops, params), baseline)
+
+    def baseline(self) -> Candidate:
+        """The base architecture with its hand-set ramp: the trial every study starts with."""
+        return self.candidate(self.base, RampSchedule.handset(self.base), baseline=True)
+
+    def baseline_params(self) -> dict[str, Any]:
+        low, high = self.ratio_range
+        params = self.arch_choices.params_of(self.base) if self.arch_choices else {}
+        params.update(self.parameterization.params_of(RampSchedule.handset(self.base), self.base, low, high))
+        return params
+
+    def suggest(self, trial: Any) -> Candidate:
+        """Define-by-run: sample a candidate, record its FLOPs/params and budget constraints on the trial.
+
+        The enqueued first trial (the baseline's params) gets the exact hand-set ramp, even when the
+        parameterization can only approximate it (e.g. one ratio per stage).
+        """
+        arch = self.arch_choices.suggest(trial, self.base) if self.arch_choices else self.base
+        ramp = self.parameterization.suggest(trial, arch, *self.ratio_range)
+        is_baseline = dict(trial.params) == self.baseline_params()
+        candidate = self.baseline() if is_baseline else self.candidate(arch, ramp)
+        for key, value in candidate.violations.items():
+            trial.set_constraint(key, value)
+        trial.set_user_attr("flops", candidate.flops)
+        trial.set_user_attr("params", candidate.params)
+        trial.set_user_attr("ramp", list(candidate.ramp.ratios))
+        trial.set_user_attr("architecture", candidate.arch.to_dict())
+        trial.set_user_attr("baseline", candidate.baseline)
+        return candidate
+
+    # -- budget -------------------------------------------------------------------------------------
+    def flops_range(self) -> tuple[int, int]:
+        """Smallest and largest FLOPs any candidate of this space can have."""
+        low, high = self.ratio_range
+        lowest, highest = None, None
+        pairs = self.arch_choices.architectures(self.base) if self.arch_choices else [(self.base, self.base)]
+        for shallow, deep in pairs:
+            for arch, pick in ((shallow, min), (deep, max)):
+                model = flops_model(arch, self.img_size, self.budget.num_classes)
+                heads = []
+                for width, row in zip(arch.block_widths, model.rows):
+                    units = width // arch.head_dim
+                    allowed = [k for k in range(units + 1)
+                               if low - 0.5 / units <= k / units <= high + 0.5 / units] or [round(low * units)]
+                    heads.append(pick(allowed, key=lambda k, row=row: row[k]))
+                value = model.of_heads(heads)
+                if pick is min:
+                    lowest = value if lowest is None else min(lowest, value)
+                else:
+                    highest = value if highest is None else max(highest, value)
+        return lowest, highest
+
+
+# -- loading and validation --------------------------------------------------------------------------
+
+def _err(source: str, key: str, message: str) -> SpaceError:
+    return SpaceError(f"{source}: {key}: {message}")
+
+
+def _mapping(data: Any, source: str, key: str, allowed: set[str]) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise _err(source, key, f"expected a mapping, got {data!r}")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise _err(source, key, f"unknown keys {unknown}; allowed: {sorted(allowed)}")
+    return data
+
+
+def _number(value: Any, source: str, key: str, *, positive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (positive and value <= 0):
+        raise _err(source, key, f"expected a {'positive ' if positive else ''}number, got {value!r}")
+    return float(value)
+
+
+def _per_stage(value: Any, source: str, key: str, item: str) -> tuple:
+    if not isinstance(value, list) or len(value) != 4 or not all(isinstance(v, list) and v for v in value):
+        raise _err(source, key, f"expected 4 lists (one per stage) of {item}, got {value!r}")
+    return tuple(tuple(v) for v in value)
+
+
+def _arch_choices(data: Any, base: Architecture, source: str) -> ArchChoices | None:
+    if data is None:
+        return None
+    data = _mapping(data, source, "search_architecture", {"depths", "embed_dims", "mlp_ratio", "pool_sizes"})
+    depths = dims = mlp = pools = None
+    if "depths" in data:
+        depths = _per_stage(data["depths"], source, "search_architecture.depths", "[min, max] depths")
+        for s, pair in enumerate(depths):
+            if len(pair) != 2 or not all(isinstance(d, int) and d >= 1 for d in pair) or pair[0] > pair[1]:
+                raise _err(source, f"search_architecture.depths[{s}]",
+                           f"expected [min, max] with 1 <= min <= max, got {list(pair)}")
+    if "embed_dims" in data:
+        dims = _per_stage(data["embed_dims"], source, "search_architecture.embed_dims", "width choices")
+        for s, choices in enumerate(dims):
+            bad = [d for d in choices if not isinstance(d, int) or d <= 0 or d % base.head_dim]
+            if bad:
+                raise _err(source, f"search_architecture.embed_dims[{s}]",
+                           f"widths must be positive multiples of head_dim={base.head_dim}, got {bad}")
+    if "mlp_ratio" in data:
+        mlp = data["mlp_ratio"]
+        if not isinstance(mlp, list) or not mlp:
+            raise _err(source, "search_architecture.mlp_ratio", f"expected a list of choices, got {mlp!r}")
+        mlp = tuple(_number(m, source, "search_architecture.mlp_ratio") for m in mlp)
+    if "pool_sizes" in data:
+        pools = _per_stage(data["pool_sizes"], source, "search_architecture.pool_sizes", "pooling choices")
+        for s, choices in enumerate(pools):
+            if not all(isinstance(p, int) and p >= 1 for p in choices):
+                raise _err(source, f"search_architecture.pool_sizes[{s}]",
+                           f"pool sizes must be integers >= 1, got {list(choices)}")
+    choices = ArchChoices(depths, dims, mlp, pools)
+    params = choices.params_of(base)
+    for name, value in params.items():
+        allowed = _allowed_values(choices, name)
+        if value not in allowed:
+            raise _err(source, "search_architecture",
+                       f"the base architecture's {name}={value} is outside the searched values {allowed}; "
+                       "the base (with its hand-set ramp) is the first trial, so it must be in the space")
+    return choices
+
+
+def _allowed_values(choices: ArchChoices, name: str) -> list:
+    kind, _, stage = name.partition("_")
+    if name == "mlp_ratio":
+        return list(choices.mlp_ratio)
+    s = int(stage) - 1
+    if kind == "depth":
+        lo, hi = choices.depths[s]
+        return list(range(lo, hi + 1))
+    return list((choices.embed_dims if kind == "dim" else choices.pool_sizes)[s])
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search-space YAML file."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise SpaceError(f"search space {source} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SpaceError(f"{source} is not valid YAML: {exc}") from None
+    return parse_space(data, source, default_name=path.stem)
+
+
+def parse_space(data: Any, source: str = "<space>", default_name: str = "search") -> SearchSpace:
+    data = _mapping(data, source, "(top level)", TOP_KEYS)
+    if "architecture" not in data:
+        raise _err(source, "architecture", "missing; give a variant (e.g. {variant: nano}) or depths/embed_dims")
+    try:
+        base = Architecture.from_dict(_mapping(data["architecture"], source, "architecture",
+                                               {"variant", "depths", "embed_dims", "head_dim", "mlp_ratio",
+                                                "pool_sizes"}))
+    except ArchitectureError as exc:
+        raise _err(source, "architecture", str(exc)) from None
+    img_size = data.get("img_size", 224)
+    if not isinstance(img_size, int) or img_size < 32:
+        raise _err(source, "img_size", f"expected an integer >= 32, got {img_size!r}")
+
+    ramp = _mapping(data.get("ramp"), source, "ramp", {"parameterization", "knots", "range"})
+    kind = ramp.get("parameterization", "free")
+    if kind not in PARAMETERIZATIONS:
+        raise _err(source, "ramp.parameterization", f"{kind!r} is not one of {sorted(PARAMETERIZATIONS)}")
+    if "knots" in ramp and kind != "knots":
+        raise _err(source, "ramp.knots", "only used with parameterization: knots")
+    if kind == "knots":
+        count = ramp.get("knots", 4)
+        if not isinstance(count, int) or count < 1:
+            raise _err(source, "ramp.knots", f"expected a positive integer, got {count!r}")
+        parameterization: Parameterization = Knots(count)
+    else:
+        parameterization = PARAMETERIZATIONS[kind]()
+    ratio_range = ramp.get("range", [0.0, 1.0])
+    if (not isinstance(ratio_range, list) or len(ratio_range) != 2
+            or not all(isinstance(r, (int, float)) and 0 <= r <= 1 for r in ratio_range)
+            or ratio_range[0] >= ratio_range[1]):
+        raise _err(source, "ramp.range", f"expected [low, high] with 0 <= low < high <= 1, got {ratio_range!r}")
+
+    budget_data = _mapping(data.get("budget"), source, "budget", {"gflops", "mparams", "num_classes"})
+    budget = Budget(
+        gflops=_number(budget_data["gflops"], source, "budget.gflops") if "gflops" in budget_data else None,
+        mparams=_number(budget_data["mparams"], source, "budget.mparams") if "mparams" in budget_data else None,
+        num_classes=int(_number(budget_data.get("num_classes", 1000), source, "budget.num_classes")))
+
+    objectives = data.get("objectives", ["accuracy"])
+    if isinstance(objectives, str):
+        objectives = [objectives]
+    if (not isinstance(objectives, list) or not objectives or "accuracy" not in objectives
+            or any(o not in OBJECTIVES for o in objectives) or len(set(objectives)) != len(objectives)):
+        raise _err(source, "objectives", f"expected a list containing 'accuracy' and optionally "
+                                         f"'flops'/'params', got {objectives!r}")
+
+    proxy = _mapping(data.get("proxy"), source, "proxy", {"epochs", "data", "recipe", "overrides"})
+    if "epochs" in proxy and (not isinstance(proxy["epochs"], int) or proxy["epochs"] < 1):
+        raise _err(source, "proxy.epochs", f"expected a positive integer, got {proxy['epochs']!r}")
+    if not isinstance(proxy.get("overrides", {}), dict):
+        raise _err(source, "proxy.overrides", "expected a mapping of recipe keys to values")
+
+    search = _mapping(data.get("search"), source, "search", {"trials", "sampler", "pruner", "seed"})
+    search = {"trials": 20, "sampler": "nsga2" if len(objectives) > 1 else "tpe", "pruner": "median",
+              "seed": 0, **search}
+    if not isinstance(search["trials"], int) or search["trials"] < 1:
+        raise _err(source, "search.trials", f"expected a positive integer, got {search['trials']!r}")
+    if search["sampler"] not in SAMPLERS:
+        raise _err(source, "search.sampler", f"{search['sampler']!r} is not one of {list(SAMPLERS)}")
+    if search["pruner"] not in PRUNERS:
+        raise _err(source, "search.pruner", f"{search['pruner']!r} is not one of {list(PRUNERS)}")
+    if search["sampler"] == "cmaes" and len(objectives) > 1:
+        raise _err(source, "search.sampler", "cmaes is single-objective; use nsga2, tpe or gp for several objectives")
+
+    space = SearchSpace(
+        name=str(data.get("name", default_name)), base=base, img_size=img_size, parameterization=parameterization,
+        ratio_range=(float(ratio_range[0]), float(ratio_range[1])),
+        arch_choices=_arch_choices(data.get("search_architecture"), base, source), budget=budget,
+        objectives=tuple(objectives), proxy=proxy, search=search, source=source)
+    return space
+
+
+def check_budget(space: SearchSpace) -> tuple[int, int, str | None]:
+    """(min FLOPs, max FLOPs, warning or None); raises SpaceError when the budget excludes everything."""
+    low, high = space.flops_range()
+    budget = space.budget.gflops
+    if budget is not None and low / 1e9 > budget:
+        raise SpaceError(
+            f"{space.source}: budget.gflops={budget} excludes every candidate: this space spans "
+            f"{low / 1e9:.4g}-{high / 1e9:.4g} GFLOPs at {space.img_size}px; raise the budget or "
+            "search smaller architectures")
+    warning = None
+    if budget is not None and high / 1e9 <= budget:
+        warning = (f"budget.gflops={budget} excludes nothing: every candidate is at most {high / 1e9:.4g} GFLOPs")
+    return low, high, warning
+
