@@ -6,6 +6,7 @@ four-stage architecture is an `Architecture` built from explicit values.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property, lru_cache
 from typing import Any, Sequence
 
 from .errors import UserError
@@ -79,6 +80,13 @@ class Architecture:
                 embed_dims: Sequence[int] | None = None, head_dim: int = 32, mlp_ratio: float = 4.0,
                 pool_sizes: Sequence[int] = (2, 2, 1, 1)) -> "Architecture":
         """A variant's depths/widths, with any explicit value taking precedence."""
+        as_tuple = lambda v: None if v is None else tuple(v)  # noqa: E731 - hashable for the cache
+        return _resolve(variant, as_tuple(depths), as_tuple(embed_dims), head_dim, mlp_ratio, tuple(pool_sizes))
+
+    @classmethod
+    def _resolve_uncached(cls, variant: str | None, depths: tuple[int, ...] | None,
+                          embed_dims: tuple[int, ...] | None, head_dim: int, mlp_ratio: float,
+                          pool_sizes: tuple[int, ...]) -> "Architecture":
         if variant is not None:
             if variant not in VARIANTS:
                 raise ArchitectureError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
@@ -91,18 +99,24 @@ class Architecture:
             raise ArchitectureError("give a variant (nano/small/base/large) or both depths and embed_dims")
         return cls(tuple(depths), tuple(embed_dims), head_dim, mlp_ratio, tuple(pool_sizes), variant)
 
-    @property
+    # cached: budget checks read these millions of times
+    @cached_property
     def num_blocks(self) -> int:
         return sum(self.depths)
 
-    @property
+    @cached_property
     def block_stages(self) -> tuple[int, ...]:
         """Stage index (0-based) of every block, in order."""
         return tuple(s for s, depth in enumerate(self.depths) for _ in range(depth))
 
-    @property
+    @cached_property
     def block_widths(self) -> tuple[int, ...]:
         return tuple(self.embed_dims[s] for s in self.block_stages)
+
+    @cached_property
+    def block_units(self) -> tuple[int, ...]:
+        """Heads of head_dim channels per block: the granularity of the ramp."""
+        return tuple(w // self.head_dim for w in self.block_widths)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -121,3 +135,8 @@ class Architecture:
         return cls.resolve(data.get("variant"), depths=data.get("depths"), embed_dims=data.get("embed_dims"),
                            head_dim=data.get("head_dim", 32), mlp_ratio=data.get("mlp_ratio", 4.0),
                            pool_sizes=data.get("pool_sizes", (2, 2, 1, 1)))
+
+
+@lru_cache(maxsize=1024)
+def _resolve(*args) -> Architecture:
+    return Architecture._resolve_uncached(*args)

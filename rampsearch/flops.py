@@ -194,5 +194,10 @@ def estimate_flops(variant: str | None = None, *, depths: Sequence[int] | None =
                    img_size: int | tuple[int, int] = 224, num_classes: int = 1000, in_chans: int = 3) -> int:
     """fvcore FLOPs of `build_iformer(...)` with the same keywords, without building or tracing it."""
     arch = Architecture.resolve(variant, depths=depths, embed_dims=embed_dims, head_dim=head_dim,
-                                mlp_ratio=mlp_ratio, pool_sizes=tuple(pool_sizes))
-    return flops_model(arch, img_size, num_classes, in_chans).of(resolve_ramp(ramp, arch))
+                                mlp_ratio=mlp_ratio, pool_sizes=pool_sizes)
+    model = flops_model(arch, img_size, num_classes, in_chans)
+    if ramp is None:
+        ramp = RampSchedule.handset(arch)
+    elif not isinstance(ramp, RampSchedule):
+        ramp = resolve_ramp(ramp, arch)
+    return model.of(ramp)  # validates the ramp

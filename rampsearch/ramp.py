@@ -67,21 +67,24 @@ class RampSchedule:
                 f"the ramp has {len(self.ratios)} values but the architecture has {arch.num_blocks} blocks "
                 f"(depths {'+'.join(map(str, arch.depths))}); give one C_h/C ratio per block")
         heads = []
-        for block, (ratio, width) in enumerate(zip(self.ratios, arch.block_widths)):
-            if not (math.isfinite(ratio) and -RATIO_TOLERANCE <= ratio <= 1 + RATIO_TOLERANCE):
-                raise RampError(f"{_block_label(arch, block)}: ratio {ratio} is outside [0, 1]")
-            units = width // arch.head_dim
-            low = round((1 - ratio) * units)
-            if abs(ratio - _valid_ratio(width, arch.head_dim, units - low)) > RATIO_TOLERANCE:
-                below = math.floor(ratio * units)
-                options = sorted({_valid_ratio(width, arch.head_dim, k) for k in (below, below + 1)
-                                  if 0 <= k <= units})
-                raise RampError(
-                    f"{_block_label(arch, block)}: ratio {ratio:g} is not a multiple of "
-                    f"head_dim/C = {arch.head_dim}/{width}; nearest valid values: "
-                    + ", ".join(f"{o:.6g}" for o in options))
-            heads.append(units - low)
+        for ratio, units in zip(self.ratios, arch.block_units):  # the hot path of every budget check
+            if not -RATIO_TOLERANCE <= ratio <= 1 + RATIO_TOLERANCE:  # NaN fails this too
+                raise self._invalid(arch, len(heads))
+            k = units - round((1 - ratio) * units)
+            if abs(ratio * units - k) > RATIO_TOLERANCE * units:
+                raise self._invalid(arch, len(heads))
+            heads.append(k)
         return tuple(heads)
+
+    def _invalid(self, arch: Architecture, block: int) -> RampError:
+        ratio, width, units = self.ratios[block], arch.block_widths[block], arch.block_units[block]
+        if not (math.isfinite(ratio) and -RATIO_TOLERANCE <= ratio <= 1 + RATIO_TOLERANCE):
+            return RampError(f"{_block_label(arch, block)}: ratio {ratio} is outside [0, 1]")
+        below = math.floor(ratio * units)
+        options = sorted({_valid_ratio(width, arch.head_dim, k) for k in (below, below + 1) if 0 <= k <= units})
+        return RampError(f"{_block_label(arch, block)}: ratio {ratio:g} is not a multiple of "
+                         f"head_dim/C = {arch.head_dim}/{width}; nearest valid values: "
+                         + ", ".join(f"{o:.6g}" for o in options))
 
     def channels(self, arch: Architecture) -> list[tuple[int, int]]:
         """Per block (C_h, C_l). Validates."""
