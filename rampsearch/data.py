@@ -1,0 +1,331 @@
+"""Training and validation data: the built-in synthetic-freq set, or any image folder.
+
+synthetic-freq
+--------------
+A procedurally generated classification set whose label needs both a low-frequency cue (a global
+relation between two blobs far apart) and a high-frequency cue (the orientation of a fine grating
+inside them): label = low_class * n_high + high_class. Either cue alone leaves 1/n_high or 1/n_low
+of the classes to guess between. How one image is made (sizes are fractions of the image side
+unless given in pixels):
+
+1. Background: a random colour plus a linear gradient in a random direction, random amplitude.
+2. Low-frequency class: two soft-edged disks placed symmetrically about a jittered centre along
+   one of four directions (horizontal, vertical, two diagonals; +-10 degrees of jitter), at a random
+   distance; their colours are either the same or differ by a random 0.25-0.45 in every channel.
+   Class = (direction, same/different): up to 8 classes. Telling "same" from "different" means
+   comparing two regions about half an image apart - global mixing, which attention does in one
+   step and stacked 3x3 convolutions only after several downsamplings.
+3. High-frequency class: both disks carry a sinusoidal grating of one of n_high orientations
+   (evenly spaced over 180 degrees, +-7.5 degrees of jitter) with a period of 6-9 pixels, random
+   phase and random contrast. A period spans two to three stem strides (4 px): recognizing it needs
+   local spatial filtering of the stem's features at full resolution, which the convolutional
+   branch provides and the attention branch, averaging 2x2 tokens in stages 1-2, blurs away.
+4. Gaussian pixel noise of random strength.
+
+Contrast, noise, colours and sizes vary widely, so images range from easy to hard and accuracy
+grows smoothly with training instead of jumping.
+
+All random values of image i come from numpy's generator seeded with (seed, split, i), so an image
+depends only on (seed, split, index, resolution, class counts) and not on how many are made.
+Labels cycle through the classes (balanced). The set is generated once per process and cached
+in memory as uint8 (a few thousand 64x64 images per second).
+
+Its labels are not invariant to flips, crops or rotations (they change orientations and
+directions), so synthetic-freq uses none of the recipe's image transforms; batch-level
+mixup/cutmix and label smoothing still apply.
+
+Image folders
+-------------
+`root/train/CLASS/*.png` and `root/val/CLASS/*` (also `validation/`), or `root/CLASS/*` split per
+class with a seed. Classes are the train split's folder names, sorted; the same mapping labels
+val, so an empty or missing class folder can never shift labels. Loading goes through timm's
+`create_dataset` and `create_transform`. Proxy controls (recipe keys): `data_classes` (a subset),
+`data_fraction` (of every class's images) and the run's `img_size`. Files that are not images are
+ignored; files with an image extension that PIL cannot open are skipped and counted in the log,
+or rejected by name with `strict_data: true` (which also fully decodes every image up front).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .config import Recipe
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC = "synthetic-freq"
+
+# Low-frequency classes: the direction of the line through the two blobs (degrees) and whether the
+# blobs have the same colour, in class order: (0, same), (0, different), (90, same), ...
+PAIR_DIRECTIONS_DEG = (0.0, 90.0, 45.0, 135.0)
+MAX_LAYOUTS = 2 * len(PAIR_DIRECTIONS_DEG)
+MAX_TEXTURES = 8  # orientations closer than 180/8 degrees drown in the orientation jitter
+
+# Nuisance ranges (fractions of the image side unless noted), uniform in [low, high].
+SHIFT = 0.15  # offset of the pair's centre, either axis, +-SHIFT/2
+SPREAD = (0.2, 0.27)  # distance of each blob from the pair's centre
+ROTATION_DEG = 20.0  # pair direction jitter, +-ROTATION_DEG/2
+RADIUS = (0.11, 0.16)  # blob radius
+EDGE_PX = 1.5  # softness of a blob's edge, pixels
+PERIOD_PX = (6.0, 9.0)  # grating period, pixels: a few stem strides, fine detail at any resolution
+ORIENTATION_JITTER_DEG = 15.0  # +-half of it around the class orientation
+CONTRAST = (0.1, 0.6)  # grating amplitude on the blob colour
+COLOUR_GAP = (0.25, 0.45)  # per-channel colour difference of a "different" pair
+GRADIENT = 0.4  # background gradient amplitude across the image, at most
+NOISE = (0.02, 0.2)  # pixel noise standard deviation
+_NUM_DRAWS = 19  # uniform draws per image, in the order used by _render
+
+
+class DataError(UserError):
+    """Unusable data; the message names the path and what is wrong with it."""
+
+
+@dataclass
+class Datasets:
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    classes: list[str]
+
+
+def build_datasets(source: str, recipe: Recipe, img_size: int) -> Datasets:
+    """Train and val datasets for `source`: 'synthetic-freq' or an image-folder path."""
+    if source == SYNTHETIC:
+        return synthetic_datasets(recipe, img_size)
+    return image_folder_datasets(Path(source), recipe, img_size)
+
+
+# -- synthetic-freq ----------------------------------------------------------------------------------
+
+def synthetic_datasets(recipe: Recipe, img_size: int) -> Datasets:
+    low, high = recipe.synthetic_low_classes, recipe.synthetic_high_classes
+    if not (1 <= low <= MAX_LAYOUTS and 1 <= high <= MAX_TEXTURES and low * high >= 2):
+        raise DataError(f"synthetic-freq: synthetic_low_classes must be in 1..{MAX_LAYOUTS} and "
+                        f"synthetic_high_classes in 1..{MAX_TEXTURES} (at least 2 classes in all); "
+                        f"got {low} and {high}")
+    if img_size < 16:
+        raise DataError(f"synthetic-freq: img_size {img_size} is too small for its textures; use at least 16")
+    pairs = [f"{d:g}deg-{relation}" for d in PAIR_DIRECTIONS_DEG for relation in ("same", "different")]
+    classes = [f"{pairs[i]}_orient{j}" for i in range(low) for j in range(high)]
+    per_split = {"train": recipe.synthetic_train_per_class, "val": recipe.synthetic_val_per_class}
+    made = {split: SyntheticImages(*synthetic_freq(low, high, count * len(classes), img_size,
+                                                   recipe.synthetic_seed, split), recipe.mean, recipe.std)
+            for split, count in per_split.items()}
+    return Datasets(made["train"], made["val"], len(classes), classes)
+
+
+@lru_cache(maxsize=4)  # trials in one process share the set
+def synthetic_freq(low_classes: int, high_classes: int, count: int, img_size: int, seed: int,
+                   split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` images (uint8, N x 3 x img_size x img_size) and labels of one split; see the module doc."""
+    split_id = {"train": 0, "val": 1}[split]
+    labels = np.arange(count) % (low_classes * high_classes)
+    draws = np.empty((count, _NUM_DRAWS), np.float32)
+    noise = np.empty((count, 3, img_size, img_size), np.float32)
+    for i in range(count):
+        rng = np.random.default_rng([seed, split_id, i])
+        draws[i] = rng.random(_NUM_DRAWS, dtype=np.float32)
+        noise[i] = rng.standard_normal((3, img_size, img_size), dtype=np.float32)
+    images = torch.empty((count, 3, img_size, img_size), dtype=torch.uint8)
+    chunk = 512  # bounds the N x blobs x H x W temporaries
+    for start in range(0, count, chunk):
+        part = slice(start, start + chunk)
+        images[part] = _render(torch.from_numpy(draws[part]), torch.from_numpy(labels[part]),
+                               torch.from_numpy(noise[part]), high_classes, img_size)
+    return images, torch.from_numpy(labels)
+
+
+def _render(u: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, high_classes: int,
+            size: int) -> torch.Tensor:
+    """Images from per-image uniform draws `u` (N x _NUM_DRAWS) and unit noise (N x 3 x H x W, reused)."""
+    n = len(u)
+
+    def draw(column: int, bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+        return (bounds[0] + u[:, column] * (bounds[1] - bounds[0])).view(n, 1, 1, 1)
+
+    low, orientation = labels // high_classes, labels % high_classes
+    axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size - 0.5
+    y, x = axis.view(1, 1, size, 1), axis.view(1, 1, 1, size)
+
+    direction = draw(3) * 2 * math.pi
+    gradient = (direction.cos() * x + direction.sin() * y) * draw(4, (0, GRADIENT))  # N x 1 x H x W
+    background = 0.1 + 0.8 * u[:, 0:3].view(n, 3, 1, 1)
+    image = noise.mul_(draw(17, NOISE)).add_(background).add_(gradient)
+
+    theta = orientation.view(n, 1, 1, 1) * (math.pi / high_classes) + \
+        (draw(10) - 0.5) * math.radians(ORIENTATION_JITTER_DEG)
+    along = theta.cos() * x + theta.sin() * y
+    grating = torch.sin(along * (2 * math.pi * size) / draw(11, PERIOD_PX) + draw(12) * 2 * math.pi)
+    detail = grating.mul_(draw(13, CONTRAST)).sub_(gradient)  # inside a blob: colour + grating, no gradient
+
+    pair = torch.tensor(PAIR_DIRECTIONS_DEG)[low // 2].view(n, 1, 1, 1)
+    angle = torch.deg2rad(pair) + (draw(8) - 0.5) * math.radians(ROTATION_DEG)
+    dx, dy = angle.cos() * draw(7, SPREAD), angle.sin() * draw(7, SPREAD)
+    cx, cy = (draw(5) - 0.5) * SHIFT, (draw(6) - 0.5) * SHIFT
+    colour = 0.1 + 0.8 * u[:, 14:17].view(n, 3, 1, 1)
+    # the second blob: the same colour, or moved COLOUR_GAP away from it in every channel (inward)
+    gap = draw(18, COLOUR_GAP) * torch.where(colour < 0.5, 1.0, -1.0)
+    other = colour + gap * (low % 2).view(n, 1, 1, 1)
+    for sign, blob_colour in ((1, colour), (-1, other)):
+        distance = ((x - cx - sign * dx) ** 2 + (y - cy - sign * dy) ** 2).sqrt_()
+        mask = distance.sub_(draw(9, RADIUS)).mul_(-size / EDGE_PX).sigmoid_()  # N x 1 x H x W
+        image.addcmul_(mask, blob_colour - background).add_(mask * detail)
+    return image.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+
+
+class SyntheticImages(Dataset):
+    """In-memory uint8 images, returned as normalized float tensors."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float],
+                 std: Sequence[float]) -> None:
+        self.images, self.labels = images, labels
+        self.mean = torch.tensor(mean).view(3, 1, 1) * 255
+        self.std = torch.tensor(std).view(3, 1, 1) * 255
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return (self.images[index].float() - self.mean) / self.std, int(self.labels[index])
+
+
+# -- image folders -----------------------------------------------------------------------------------
+
+def image_folder_datasets(root: Path, recipe: Recipe, img_size: int) -> Datasets:
+    from timm.data import create_transform
+
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist (or is not a folder); give an image folder "
+                        f"or '{SYNTHETIC}'")
+    val_dir = next((root / name for name in ("val", "validation") if (root / name).is_dir()), None)
+    if (root / "train").is_dir() != (val_dir is not None):
+        raise DataError(f"{root} has {'train/ but no val/' if val_dir is None else 'val/ but no train/'}; "
+                        "give both, or one folder of class folders to split")
+    split_given = val_dir is not None
+    train_root = root / "train" if split_given else root
+    train_files = _scan_classes(train_root, recipe.strict_data)
+    classes = _select_classes(train_files, recipe.data_classes, train_root)
+    if split_given:
+        val_files = _scan_classes(val_dir, recipe.strict_data, allowed=set(train_files))
+        val_files = {c: val_files.get(c, []) for c in classes}
+        train_files = {c: train_files[c] for c in classes}
+    else:
+        train_files, val_files = _split(train_files, classes, recipe.val_split, recipe.split_seed)
+    train_files = _fraction(train_files, recipe.data_fraction, recipe.split_seed)
+    val_files = _fraction(val_files, recipe.data_fraction, recipe.split_seed)
+    if not sum(map(len, val_files.values())):
+        raise DataError(f"{val_dir or root}: no validation images for the selected classes")
+
+    class_to_idx = {c: i for i, c in enumerate(classes)}
+    train_tf = create_transform(
+        img_size, is_training=True, auto_augment=recipe.auto_augment, re_prob=recipe.reprob,
+        re_mode=recipe.remode, re_count=recipe.recount, scale=tuple(recipe.scale), ratio=tuple(recipe.ratio),
+        hflip=recipe.hflip, color_jitter=recipe.color_jitter, interpolation=recipe.train_interpolation,
+        mean=tuple(recipe.mean), std=tuple(recipe.std))
+    eval_tf = create_transform(img_size, is_training=False, interpolation=recipe.interpolation,
+                               crop_pct=recipe.crop_pct, mean=tuple(recipe.mean), std=tuple(recipe.std))
+    train = _timm_dataset(train_root, train_files, class_to_idx, train_tf)
+    val = _timm_dataset(val_dir or root, val_files, class_to_idx, eval_tf)
+    log.info("image folder %s: %d classes, %d train and %d val images", root, len(classes), len(train), len(val))
+    return Datasets(train, val, len(classes), classes)
+
+
+def _timm_dataset(root: Path, files: dict[str, list[Path]], class_to_idx: dict[str, int], transform) -> Dataset:
+    """timm's folder dataset over exactly the checked `files` (timm's own scan would keep corrupt files)."""
+    from timm.data import create_dataset
+
+    dataset = create_dataset("", root=str(root), split="train", search_split=False,
+                             class_map=class_to_idx, transform=transform)
+    dataset.reader.samples = [(str(p), class_to_idx[c]) for c, paths in files.items() for p in paths]
+    return dataset
+
+
+def _image_ok(path: Path, full: bool) -> bool:
+    try:
+        with Image.open(path) as image:
+            if full:
+                image.load()  # decodes every pixel: catches truncated files too
+        return True
+    except Exception:  # PIL raises many types for bad files; all mean "not a readable image"
+        return False
+
+
+def _scan_classes(split_root: Path, strict: bool, allowed: set[str] | None = None) -> dict[str, list[Path]]:
+    """Readable image files of every class folder under `split_root`, sorted; errors name the path."""
+    from timm.data.readers.img_extensions import get_img_extensions
+    from timm.utils.misc import natural_key
+
+    extensions = get_img_extensions(as_set=True)
+    class_dirs = sorted((d for d in split_root.iterdir() if d.is_dir()), key=lambda d: natural_key(d.name))
+    if not class_dirs:
+        raise DataError(f"{split_root} has no class folders; expected {split_root}/CLASS_NAME/IMAGE files")
+    candidates: dict[str, list[Path]] = {}
+    for d in class_dirs:
+        if allowed is not None and d.name not in allowed:
+            raise DataError(f"{d}: class {d.name!r} is not among the train classes; labels would not match")
+        candidates[d.name] = sorted((Path(r) / f for r, _, fs in os.walk(d, followlinks=True) for f in fs
+                                     if os.path.splitext(f)[1].lower() in extensions), key=lambda p: natural_key(str(p)))
+        if not candidates[d.name]:
+            raise DataError(f"class folder {d} holds no image files ({', '.join(sorted(extensions))})")
+    every = [p for paths in candidates.values() for p in paths]
+    with ThreadPoolExecutor(max_workers=16) as pool:  # file opening is I/O-bound
+        ok = dict(zip(every, pool.map(lambda p: _image_ok(p, full=strict), every)))
+    bad = [p for p in every if not ok[p]]
+    if bad and strict:
+        raise DataError(f"{bad[0]} is not a readable image ({len(bad)} such file(s) under {split_root}); "
+                        "remove them, or set strict_data: false to skip them")
+    if bad:
+        log.warning("%s: skipped %d unreadable image file(s), e.g. %s", split_root, len(bad), bad[0])
+    files = {c: [p for p in paths if ok[p]] for c, paths in candidates.items()}
+    for c, paths in files.items():
+        if not paths:
+            raise DataError(f"class folder {split_root / c}: none of its {len(candidates[c])} image files "
+                            "can be read")
+    return files
+
+
+def _select_classes(files: dict[str, list[Path]], wanted: int | list[str] | None, root: Path) -> list[str]:
+    names = list(files)
+    if wanted is None:
+        return names
+    if isinstance(wanted, int):
+        if not 2 <= wanted <= len(names):
+            raise DataError(f"data_classes={wanted}: {root} has {len(names)} classes; choose 2..{len(names)}")
+        return names[:wanted]
+    unknown = [c for c in wanted if c not in files]
+    if unknown:
+        raise DataError(f"data_classes: {unknown} are not class folders of {root}")
+    return [c for c in names if c in wanted]
+
+
+def _split(files: dict[str, list[Path]], classes: list[str], val_share: float,
+           seed: int) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """Per-class seeded split of one folder; a class keeps at least one training image."""
+    rng = np.random.default_rng(seed)
+    train, val = {}, {}
+    for c in classes:
+        order = rng.permutation(len(files[c]))
+        n_val = min(round(val_share * len(order)), len(order) - 1)
+        val[c] = sorted(files[c][i] for i in order[:n_val])
+        train[c] = sorted(files[c][i] for i in order[n_val:])
+    return train, val
+
+
+def _fraction(files: dict[str, list[Path]], fraction: float, seed: int) -> dict[str, list[Path]]:
+    if fraction >= 1:
+        return files
+    rng = np.random.default_rng(seed + 1)  # not the split's stream: a fraction must not follow the split
+    return {c: sorted(paths[i] for i in rng.permutation(len(paths))[:max(1, math.ceil(fraction * len(paths)))])
+            if paths else [] for c, paths in files.items()}

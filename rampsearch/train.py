@@ -1,0 +1,477 @@
+"""The one training function, `fit(config, on_epoch)`: search trials and full retraining alike.
+
+It builds the model (any architecture and ramp through `build_iformer`, or a ViT baseline), the
+data (rampsearch.data) and the recipe (rampsearch.config) from timm's parts: `create_optimizer_v2`
+(no weight decay on 1-D parameters), `create_scheduler_v2` sized to this run's epochs, `Mixup` /
+CutMix with `SoftTargetCrossEntropy`, label smoothing, drop path, gradient clipping, `ModelEmaV3`,
+bf16 autocast, channels_last and optional `torch.compile`. After every epoch it evaluates top-1,
+top-5 and loss and calls `on_epoch(epoch, metrics)`; raising `StopTraining` there ends the run
+early (any other exception propagates, after the epoch's checkpoint is written).
+
+Reproducibility: every random stream of an epoch (python, numpy, torch, the sampler's shuffle, the
+DataLoader workers' seeds) is re-seeded at the epoch's start from (seed, epoch, rank). So a run is a
+pure function of its config on CPU, and a checkpoint needs no raw generator states to resume
+exactly: the epoch number and the seed are the RNG state. (Raw states would also differ per rank,
+and only rank 0 writes.)
+
+Output directory (`out`, optional): checkpoint.json + ckpt-E.*.safetensors (rampsearch.checkpoint),
+metrics.csv (one row per epoch), and when done model.safetensors (+ model_ema.safetensors) and
+result.json. Rerunning with the same config resumes from the last checkpoint.
+
+Data-parallel: under `torchrun --nproc_per_node N` the same call trains with DDP (NCCL on GPUs,
+gloo on CPU); `batch_size` and `lr` stay global, BatchNorm running statistics are averaged across
+processes after every epoch, evaluation is sharded and reduced exactly, and only rank 0 writes files
+and calls `on_epoch` (its decision is broadcast).
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+from .checkpoint import load_checkpoint, save_checkpoint, save_weights, write_json
+from .config import ConfigError, Recipe, TrainConfig, load_recipe
+from .data import SYNTHETIC, SyntheticImages, build_datasets
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+OnEpoch = Callable[[int, dict[str, float]], Any]
+
+# Config fields that do not change what is trained, so a checkpoint can resume under other values.
+_RUNTIME_FIELDS = ("out", "device", "resume", "quiet", "recipe", "overrides")
+_RUNTIME_RECIPE_KEYS = ("compile", "eval_batch_size")
+
+
+class StopTraining(Exception):
+    """Raised by an `on_epoch` callback to end the run after this epoch (e.g. a pruner's decision)."""
+
+
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    final: dict[str, float]  # metrics of the last epoch trained
+    best: dict[str, float]  # metrics of the epoch with the best top-1
+    history: list[dict[str, float]]  # one row per epoch, as in metrics.csv
+    seconds: float  # wall-clock time of the whole run, resumed sessions included
+    params: int
+    img_s: float  # mean training throughput, images per second over all processes
+    epochs: int  # epochs trained
+    stopped: str | None = None  # the StopTraining message if on_epoch ended the run early
+    out: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The final metrics and the run's totals, as `rampsearch train --json` prints them."""
+        return {**self.final, "epochs": self.epochs, "seconds": round(self.seconds, 2), "params": self.params,
+                "img_s": round(self.img_s, 1), "best_top1": self.best.get("top1"),
+                "best_epoch": self.best.get("epoch"), "stopped": self.stopped}
+
+
+@dataclass
+class _Process:
+    rank: int
+    world: int
+    device: torch.device
+    owns_group: bool  # fit started the process group, so fit ends it
+
+    @property
+    def primary(self) -> bool:
+        return self.rank == 0
+
+
+def fit(config: TrainConfig | Mapping[str, Any], on_epoch: OnEpoch | None = None) -> TrainResult:
+    """Train (or resume) the run `config` describes and return its metrics; see the module doc."""
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    proc = _start_process(cfg.device)
+    try:
+        return _fit(cfg, proc, on_epoch)
+    finally:
+        if proc.owns_group:
+            dist.destroy_process_group()
+
+
+# -- setup -------------------------------------------------------------------------------------------
+
+def _start_process(device: str) -> _Process:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r}: no CUDA GPU is available; use --device cpu")
+        if world > 1:
+            device = f"cuda:{local_rank}"
+        torch.cuda.set_device(torch.device(device))
+    elif device != "cpu":
+        raise ConfigError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
+    owns = world > 1 and not dist.is_initialized()
+    if owns:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    return _Process(rank, world, torch.device(device), owns)
+
+
+def _reseed(*keys: int) -> None:
+    """Seed python, numpy and torch from a stream of `keys` (e.g. seed, epoch, rank)."""
+    state = np.random.SeedSequence(list(keys)).generate_state(2, dtype=np.uint64)
+    random.seed(int(state[0]))
+    np.random.seed(int(state[0]) % 2**32)
+    torch.manual_seed(int(state[1]) % 2**63)
+
+
+def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "off":
+        return None
+    supported = (torch.cuda.is_bf16_supported() if device.type == "cuda"
+                 else torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if amp == "bf16" and not supported:
+        raise ConfigError(f"amp: bf16 is not supported on {device}; use amp: auto or off")
+    return torch.bfloat16 if supported else None
+
+
+@dataclass
+class _ModelPlan:
+    build: Callable[[int, float], nn.Module]  # (num_classes, drop_path) -> model
+    variant: str | None
+    img_size: int
+    description: dict[str, Any]  # what identifies the model in a checkpoint
+
+
+def _model_plan(cfg: TrainConfig) -> _ModelPlan:
+    from .architecture import VARIANTS, Architecture
+    from .models import build_iformer
+    from .ramp import load_ramp, resolve_ramp
+
+    if cfg.baseline is not None:
+        from .baselines import BaselineSpec, build_baseline
+
+        spec = BaselineSpec(**cfg.baseline)
+
+        def build_vit(num_classes: int, drop_path: float) -> nn.Module:
+            return build_baseline(dataclasses.replace(spec, kwargs={**spec.kwargs, "num_classes": num_classes}),
+                                  drop_path_rate=drop_path)
+        return _ModelPlan(build_vit, None, cfg.img_size or spec.img_size, {"baseline": cfg.baseline})
+
+    if (cfg.variant is None) == (cfg.architecture is None):
+        raise ConfigError("give exactly one of `variant` and `architecture` (or a `baseline`)")
+    arch = (Architecture.resolve(cfg.variant) if cfg.variant
+            else Architecture.from_dict(cfg.architecture))
+    ramp = load_ramp(cfg.ramp, arch) if isinstance(cfg.ramp, str) else resolve_ramp(cfg.ramp, arch)
+    img_size = cfg.img_size or (VARIANTS[arch.variant].img_size if arch.variant else 224)
+
+    def build(num_classes: int, drop_path: float) -> nn.Module:
+        return build_iformer(depths=arch.depths, embed_dims=arch.embed_dims, ramp=ramp, head_dim=arch.head_dim,
+                             mlp_ratio=arch.mlp_ratio, pool_sizes=arch.pool_sizes, img_size=img_size,
+                             num_classes=num_classes, drop_path_rate=drop_path)
+    return _ModelPlan(build, arch.variant, img_size,
+                      {"architecture": arch.to_dict(), "ramp": list(ramp.ratios)})
+
+
+def _loaders(data, recipe: Recipe, proc: _Process, seed: int, generator: torch.Generator):
+    """(train loader, its sampler, val loader) for this process's share of the data."""
+    from timm.data.distributed_sampler import RepeatAugSampler
+
+    if recipe.batch_size % proc.world:
+        raise ConfigError(f"batch_size {recipe.batch_size} (global) does not split evenly over "
+                          f"{proc.world} processes")
+    per_process = recipe.batch_size // proc.world
+    if (recipe.mixup > 0 or recipe.cutmix > 0) and per_process % 2:
+        raise ConfigError(f"mixup/cutmix need an even batch per process, got {per_process}")
+    if len(data.train) < recipe.batch_size:
+        raise ConfigError(f"the training set has {len(data.train)} images, fewer than one batch "
+                          f"({recipe.batch_size}); lower batch_size")
+    if recipe.aug_repeats > 0:
+        sampler = RepeatAugSampler(data.train, num_replicas=proc.world, rank=proc.rank,
+                                   num_repeats=recipe.aug_repeats)
+    else:
+        sampler = DistributedSampler(data.train, num_replicas=proc.world, rank=proc.rank, shuffle=True,
+                                     seed=seed)  # shuffles by (seed, epoch): set_epoch in _fit
+    # In-memory tensors gain nothing from worker processes.
+    workers = 0 if isinstance(data.train, SyntheticImages) else recipe.workers
+    pin = proc.device.type == "cuda"
+    train = DataLoader(data.train, batch_size=per_process, sampler=sampler, num_workers=workers, drop_last=True,
+                       pin_memory=pin, generator=generator, persistent_workers=False)
+    shard = Subset(data.val, range(proc.rank, len(data.val), proc.world))  # no padding: exact metrics
+    val = DataLoader(shard, batch_size=recipe.eval_batch_size or per_process, shuffle=False,
+                     num_workers=workers, pin_memory=pin)
+    return train, sampler, val
+
+
+# -- training ------------------------------------------------------------------------------------------
+
+class _Trainer:
+    """The model and everything that updates it: optimizer, lr schedule, EMA, mixup and loss."""
+
+    def __init__(self, plan: _ModelPlan, recipe: Recipe, num_classes: int, steps: int, epochs: int,
+                 proc: _Process) -> None:
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+        from timm.optim import create_optimizer_v2
+        from timm.scheduler import create_scheduler_v2
+        from timm.utils import ModelEmaV3
+
+        self.recipe, self.proc, self.steps = recipe, proc, steps
+        self.net = plan.build(num_classes, recipe.drop_path).to(proc.device)
+        if recipe.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.ema = ModelEmaV3(self.net, decay=recipe.ema_decay) if recipe.ema_decay else None
+        self.model: nn.Module = self.net  # what the training step calls: maybe DDP-wrapped and compiled
+        if proc.world > 1:
+            on_gpu = proc.device.type == "cuda"
+            self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=[proc.device.index] if on_gpu
+                                                             else None)
+        if recipe.compile:
+            self.model = torch.compile(self.model)
+        self.optimizer = create_optimizer_v2(self.net, opt=recipe.opt, lr=recipe.lr,
+                                             weight_decay=recipe.weight_decay, eps=recipe.opt_eps,
+                                             betas=tuple(recipe.opt_betas))
+        self.scheduler, _ = create_scheduler_v2(
+            self.optimizer, sched=recipe.sched, num_epochs=epochs - recipe.cooldown_epochs,
+            warmup_epochs=recipe.warmup_epochs, warmup_lr=recipe.warmup_lr, min_lr=recipe.min_lr,
+            cooldown_epochs=recipe.cooldown_epochs, step_on_epochs=recipe.sched_on_epochs, updates_per_epoch=steps)
+        mixing = recipe.mixup > 0 or recipe.cutmix > 0
+        self.mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
+                           switch_prob=recipe.mixup_switch_prob, mode=recipe.mixup_mode,
+                           label_smoothing=recipe.smoothing, num_classes=num_classes) if mixing else None
+        self.criterion = (SoftTargetCrossEntropy() if mixing
+                          else nn.CrossEntropyLoss(label_smoothing=recipe.smoothing))
+        self.amp = _amp_dtype(recipe.amp, proc.device)
+
+    def train_epoch(self, loader: DataLoader, epoch: int, bar) -> tuple[float, float]:
+        """One pass over `loader`; (mean training loss over all processes, seconds)."""
+        from timm.utils import distribute_bn
+
+        recipe, device = self.recipe, self.proc.device
+        self.model.train()
+        loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+        started = time.perf_counter()
+        for step, (images, target) in enumerate(loader):
+            images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
+            if recipe.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            if self.mixup:
+                images, target = self.mixup(images, target)
+            with torch.autocast(device.type, dtype=self.amp, enabled=self.amp is not None):
+                loss = self.criterion(self.model(images), target)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if recipe.clip_grad:
+                nn.utils.clip_grad_norm_(self.net.parameters(), recipe.clip_grad)
+            self.optimizer.step()
+            updates = epoch * self.steps + step + 1
+            self.scheduler.step_update(num_updates=updates)
+            if self.ema:
+                self.ema.update(self.net, step=updates)
+            loss_sum += loss.detach()  # no .item(): a GPU would wait for every step
+            bar.update(1)
+            bar.set_postfix_str(f"{(step + 1) * recipe.batch_size / (time.perf_counter() - started):.0f} img/s")
+        seconds = time.perf_counter() - started
+        self.scheduler.step(epoch + 1)
+        if self.proc.world > 1:
+            dist.all_reduce(loss_sum)
+            for module in (self.net, self.ema.module) if self.ema else (self.net,):
+                distribute_bn(module, self.proc.world, reduce=True)  # average BatchNorm running stats
+        return loss_sum.item() / (self.steps * self.proc.world), seconds
+
+    def evaluate(self, loader: DataLoader) -> dict[str, float]:
+        metrics = _evaluate(self.net, loader, self.proc, self.amp, self.recipe.channels_last)
+        if self.ema:
+            ema = _evaluate(self.ema.module, loader, self.proc, self.amp, self.recipe.channels_last)
+            metrics.update({f"ema_{k}": v for k, v in ema.items()})
+        return metrics
+
+    def state(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "ema": self.ema.module.state_dict() if self.ema else None}
+
+    def restore(self, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        self.net.load_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema:
+            self.ema.module.load_state_dict(state["ema"])
+
+
+def _fit(cfg: TrainConfig, proc: _Process, on_epoch: OnEpoch | None) -> TrainResult:
+    session_start = time.perf_counter()
+    plan = _model_plan(cfg)
+    recipe = load_recipe(cfg.recipe, cfg.overrides, plan.variant)
+    epochs = recipe.epochs if cfg.epochs is None else cfg.epochs
+    seed = recipe.seed if cfg.seed is None else cfg.seed
+    if not epochs > recipe.warmup_epochs + recipe.cooldown_epochs:
+        raise ConfigError(f"epochs ({epochs}) must exceed warmup_epochs ({recipe.warmup_epochs}) + "
+                          f"cooldown_epochs ({recipe.cooldown_epochs}); lower them with --set")
+    identity = _identity(cfg, recipe, plan, epochs, seed)
+    out = Path(cfg.out) if cfg.out else None
+    resumed = _resume_point(out, identity) if out and cfg.resume else None
+
+    data = build_datasets(cfg.data, recipe, plan.img_size)
+    generator = torch.Generator()
+    train_loader, sampler, val_loader = _loaders(data, recipe, proc, seed, generator)
+    steps = len(train_loader)
+    _reseed(seed, 0)  # the same initial weights on every process
+    trainer = _Trainer(plan, recipe, data.num_classes, steps, epochs, proc)
+    history: list[dict[str, float]] = []
+    start_epoch, earlier_seconds = 0, 0.0
+    if resumed:
+        start_epoch, weights, state = resumed
+        trainer.restore(weights, state)
+        history, earlier_seconds = state["history"], state["seconds"]
+        log.info("resuming %s after epoch %d of %d", out, start_epoch, epochs)
+    if out and proc.primary:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", identity)
+
+    stopped = None
+    bar = _progress_bar(cfg.quiet or not proc.primary, epochs * steps, start_epoch * steps)
+    for epoch in range(start_epoch, epochs):
+        _reseed(seed, 1, epoch, proc.rank)
+        sampler.set_epoch(epoch)
+        generator.manual_seed(torch.initial_seed())  # this epoch's DataLoader worker seeds
+        bar.set_description(f"epoch {epoch + 1}/{epochs}")
+        started = time.perf_counter()
+        train_loss, train_seconds = trainer.train_epoch(train_loader, epoch, bar)
+        row = {"epoch": epoch + 1, "lr": trainer.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+               **trainer.evaluate(val_loader), "train_seconds": round(train_seconds, 3),
+               "img_s": round(steps * recipe.batch_size / train_seconds, 1),
+               "epoch_seconds": round(time.perf_counter() - started, 3)}
+        history.append(row)
+        log.info("epoch %d/%d  train_loss %.4f  loss %.4f  top1 %.2f  top5 %.2f  lr %.2e  %.0f img/s",
+                 epoch + 1, epochs, row["train_loss"], row["loss"], row["top1"], row["top5"], row["lr"], row["img_s"])
+        if out and proc.primary:
+            seconds = earlier_seconds + time.perf_counter() - session_start
+            save_checkpoint(out, epoch + 1, trainer.net.state_dict(),
+                            {"identity": identity, **trainer.state(), "history": history, "seconds": seconds})
+            _write_csv(out / "metrics.csv", history)
+        stopped = _after_epoch(on_epoch, epoch + 1, row, proc)
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"training diverged: the train loss is {train_loss} after epoch "
+                                   f"{epoch + 1}; lower lr (now {recipe.lr:g}) or set clip_grad")
+        if stopped:
+            break
+    bar.close()
+
+    params = sum(p.numel() for p in trainer.net.parameters())
+    result = _result(history, earlier_seconds + time.perf_counter() - session_start, params, stopped, out)
+    if out and proc.primary:
+        save_weights(out / "model.safetensors", trainer.net.state_dict())
+        if trainer.ema:
+            save_weights(out / "model_ema.safetensors", trainer.ema.module.state_dict())
+        write_json(out / "result.json", {**result.summary(), "history": history})
+    return result
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, loader: DataLoader, proc: _Process, amp: torch.dtype | None,
+              channels_last: bool) -> dict[str, float]:
+    """Loss, top-1 and top-5 (percent) over the whole val set, summed exactly across processes."""
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=proc.device)  # loss sum, top-1, top-5, count
+    for images, target in loader:
+        images, target = images.to(proc.device, non_blocking=True), target.to(proc.device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(proc.device.type, dtype=amp, enabled=amp is not None):
+            logits = model(images).float()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top == target.unsqueeze(1)
+        totals += torch.stack([F.cross_entropy(logits, target, reduction="sum"), hits[:, 0].sum(),
+                               hits.any(dim=1).sum(), torch.tensor(len(target))]).to(totals)
+    if proc.world > 1:
+        dist.all_reduce(totals)
+    loss, top1, top5, count = totals.tolist()
+    return {"loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count}
+
+
+def _after_epoch(on_epoch: OnEpoch | None, epoch: int, row: dict[str, float], proc: _Process) -> str | None:
+    """Call on_epoch on rank 0; every process learns whether to stop (or that rank 0 failed)."""
+    stop, error = None, None
+    if on_epoch and proc.primary:
+        try:
+            on_epoch(epoch, dict(row))
+        except StopTraining as exc:
+            stop = str(exc) or "stopped by on_epoch"
+        except BaseException as exc:  # re-raised below, after telling the other processes
+            error = exc
+    if proc.world > 1:
+        decision = [stop, error is not None]
+        dist.broadcast_object_list(decision, src=0)
+        stop, failed = decision
+        if failed and not proc.primary:
+            raise RuntimeError(f"rank 0's on_epoch callback failed after epoch {epoch}")
+    if error is not None:
+        raise error
+    return stop
+
+
+# -- bookkeeping ---------------------------------------------------------------------------------------
+
+def _identity(cfg: TrainConfig, recipe: Recipe, plan: _ModelPlan, epochs: int, seed: int) -> dict[str, Any]:
+    """Everything that determines the trained weights; a checkpoint resumes only under the same."""
+    run = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUNTIME_FIELDS}
+    run.update(plan.description, epochs=epochs, seed=seed, img_size=plan.img_size,
+               data=cfg.data if cfg.data == SYNTHETIC else str(Path(cfg.data).resolve()))
+    run.pop("variant")  # the architecture says it
+    return {**run, "recipe": {k: v for k, v in recipe.to_dict().items() if k not in _RUNTIME_RECIPE_KEYS}}
+
+
+def _resume_point(out: Path, identity: dict[str, Any]):
+    checkpoint = load_checkpoint(out)
+    if checkpoint is None:
+        return None
+    saved = checkpoint[2]["identity"]
+    if saved != identity:
+        changed = sorted(k for k in {*saved, *identity} if saved.get(k) != identity.get(k))
+        if "recipe" in changed:
+            changed.remove("recipe")
+            changed += [f"recipe.{k}" for k in sorted(identity["recipe"])
+                        if saved.get("recipe", {}).get(k) != identity["recipe"][k]]
+        raise ConfigError(f"{out} holds a checkpoint of a different run (differs in {', '.join(changed)}); "
+                          "use another output directory, or resume=false (--no-resume) to start over there")
+    return checkpoint
+
+
+def _write_csv(path: Path, history: list[dict[str, float]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
+
+
+def _result(history: list[dict[str, float]], seconds: float, params: int, stopped: str | None,
+            out: Path | None) -> TrainResult:
+    if not history:
+        raise ConfigError("no epoch was trained")
+    best = max(history, key=lambda row: row["top1"])
+    img_s = sum(row["img_s"] for row in history) / len(history)
+    final = {k: history[-1][k] for k in ("top1", "top5", "loss", "train_loss")}
+    return TrainResult(final, dict(best), history, seconds, params, img_s, len(history), stopped,
+                       str(out) if out else None)
+
+
+def _progress_bar(disabled: bool, total: int, initial: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", file=sys.stderr, dynamic_ncols=True,
+                disable=disabled or not sys.stderr.isatty())
