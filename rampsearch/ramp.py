@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 from fractions import Fraction
+from itertools import groupby
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -130,6 +131,11 @@ class RampSchedule:
         for stage, ratio in zip(arch.block_stages, self.ratios):
             out[stage].append(ratio)
         return out
+
+    def describe_stages(self, arch: Architecture) -> list[str]:
+        """Per stage, its ratios as runs: ['0.667×3', '0.5×3', '0.3×4, 0.1×5', '0.0833×3']."""
+        return [", ".join(f"{r:.3g}×{len(list(run))}" for r, run in groupby(ratios))
+                for ratios in self.per_stage(arch)]
 
     def to_dict(self, arch: Architecture | None = None) -> dict[str, Any]:
         data: dict[str, Any] = {"ramp": list(self.ratios)}

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from itertools import groupby
 
 from ..flops import flop_report, flops_model
 from ..models import build_iformer
@@ -28,10 +27,6 @@ def _stage_of(param_name: str) -> str:
     if top.startswith(("patch_embed", "pos_embed", "blocks")):
         return digits or "1"
     return "head"
-
-
-def _ratio_runs(ratios: list[float]) -> str:
-    return ", ".join(f"{r:.3g}×{len(list(run))}" for r, run in groupby(ratios))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,12 +56,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{name} @ {img_size}px: {params:,} params, {report.total:,} FLOPs "
           f"({report.total / 1e9:.3f} GFLOPs, fvcore multiply-adds; closed form {estimate.of(ramp):,})")
     print(f"{'stage':>5} {'blocks':>6} {'width':>5}  {'params':>11} {'GFLOPs':>7}  C_h/C per block")
-    for s, (depth, width) in enumerate(zip(arch.depths, arch.embed_dims)):
-        rows = [row for row in per_block if row["stage"] == s + 1]
+    for s, (depth, width, ratios) in enumerate(zip(arch.depths, arch.embed_dims, ramp.describe_stages(arch))):
         module_flops = report.by_module.get("patch_embed" if s == 0 else f"patch_embed{s + 1}", 0) + \
             report.by_module.get(f"blocks{s + 1}", 0)
         print(f"{s + 1:>5} {depth:>6} {width:>5}  {stage_params.get(str(s + 1), 0):>11,} "
-              f"{module_flops / 1e9:>7.3f}  {_ratio_runs([row['ratio'] for row in rows])}")
+              f"{module_flops / 1e9:>7.3f}  {ratios}")
     print(f"{'head':>5} {'':>6} {'':>5}  {stage_params.get('head', 0):>11,} "
           f"{(report.by_module.get('norm', 0) + report.by_module.get('head', 0)) / 1e9:>7.3f}  (final norm + head)")
     print("not counted by fvcore (zero FLOPs): " +

@@ -65,10 +65,14 @@ def prepare_run_dir(space_file: Path, run_dir: Path) -> None:
 def write_metadata(run_dir: Path, options: SearchOptions, backend: str) -> None:
     import torch
 
-    meta = {"command": [redact_url(a) if "://" in a else a for a in sys.argv], "backend": backend,
-            "study": options.study, "storage": redact_url(options.storage) or "journal file study.journal",
+    old = run_dir / "search.json"
+    meta = json.loads(old.read_text()) if old.exists() else {}
+    meta |= {"command": [redact_url(a) if "://" in a else a for a in sys.argv], "backend": backend,
+            "study": options.study, "storage": redact_url(options.storage) or "study.journal",
+            "storage_kind": "rdb" if options.storage else "journal",
             "python": platform.python_version(), "torch": torch.__version__, "optuna": optuna.__version__,
-            "platform": platform.platform(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "platform": platform.platform()}
+    meta.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     (run_dir / "search.json").write_text(json.dumps(meta, indent=2))
 
 
@@ -77,6 +81,7 @@ def run_search(space_file: str | Path, run_dir: str | Path, options: SearchOptio
     """Validate the space and its budget, run (or resume) the search, write the run directory's files."""
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress line says what matters
     space_file, run_dir = Path(space_file), Path(run_dir)
     space = load_space(space_file)
     low, high, warning = check_budget(space)
@@ -94,6 +99,10 @@ def run_search(space_file: str | Path, run_dir: str | Path, options: SearchOptio
     finally:
         progress.close()
     paths = write_outputs(study, space, run_dir)
+    meta_file = run_dir / "search.json"
+    meta = json.loads(meta_file.read_text())
+    meta["seconds"] = round(meta.get("seconds", 0) + time.perf_counter() - start, 1)  # summed over resumes
+    meta_file.write_text(json.dumps(meta, indent=2))
     return SearchOutcome(run_dir, study, paths, counts(study.get_trials(deepcopy=False)), (low, high),
                          time.perf_counter() - start)
 

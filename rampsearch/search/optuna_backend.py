@@ -10,15 +10,19 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import random
 import socket
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
 
+from ..errors import UserError
 from .options import SearchOptions
 from .progress import Progress
+from .results import redact_url
 from .space import SearchSpace, load_space
 from .trial import admit, run_trial, train_config
 
@@ -50,12 +54,25 @@ def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
 
 def open_storage(run_dir: Path, url: str | None) -> optuna.storages.BaseStorage:
     if url:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=30, grace_period=120,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+        return _open_rdb(url)
     path = run_dir / "study.journal"
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
         str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path))))
+
+
+def _open_rdb(url: str, attempts: int = 5) -> optuna.storages.RDBStorage:
+    """An RDB storage; retried because processes started together race to create its tables."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=30, grace_period=120,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+        except SQLAlchemyError as exc:
+            error = exc
+            time.sleep(0.5 + random.random() * (attempt + 1))
+    raise UserError(f"cannot use the storage {redact_url(url)}: {type(error).__name__}: {str(error).splitlines()[0]}")
 
 
 def open_study(space: SearchSpace, run_dir: Path, study_name: str, storage_url: str | None,

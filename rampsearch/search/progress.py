@@ -28,25 +28,33 @@ def counts(trials: Iterable[FrozenTrial]) -> dict[str, int | float | None]:
 
 
 class Progress:
-    """A tqdm bar over trained trials (stderr); quiet when disabled."""
+    """A tqdm bar over trained trials on a terminal; one plain line per change in a log; nothing when disabled."""
 
     def __init__(self, total: int, enabled: bool = True, desc: str = "search") -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total, desc=desc, unit="trial", file=sys.stderr, disable=not enabled,
-                        dynamic_ncols=True)
+        self.enabled, self.interactive = enabled, sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc=desc, unit="trial", file=sys.stderr, dynamic_ncols=True,
+                        disable=not (enabled and self.interactive))
+        self._last = ""
 
     def update(self, trials: list[FrozenTrial]) -> None:
         c = counts(trials)
         finished = c["done"] + c["pruned"] + c["failed"]
-        self.bar.n = min(finished, self.bar.total)
         best = "-" if c["best"] is None else f"{c['best']:.2f}"
-        self.bar.set_postfix_str(f"done={c['done']} pruned={c['pruned']} failed={c['failed']} "
-                                 f"over-budget={c['over_budget']} best={best}")
-        self.bar.refresh()
+        status = (f"done={c['done']} pruned={c['pruned']} failed={c['failed']} over-budget={c['over_budget']} "
+                  f"best={best}")
+        if self.interactive:
+            self.bar.n = min(finished, self.bar.total)
+            self.bar.set_postfix_str(status)
+            self.bar.refresh()
+        elif self.enabled and status != self._last:
+            print(f"search: {finished}/{self.bar.total} trials, {status}", file=sys.stderr, flush=True)
+        self._last = status
 
     def note(self, message: str) -> None:
-        self.bar.write(message, file=sys.stderr)
+        if self.enabled:
+            self.bar.write(message, file=sys.stderr)
 
     def close(self) -> None:
         self.bar.close()

@@ -13,18 +13,34 @@ filesystem all nodes see (NFS), since Tune keeps trial checkpoints under it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import optuna
-import ray
 from optuna.trial import TrialState
-from ray import tune
-from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import Searcher
-from ray.tune.search.optuna import OptunaSearch
+
+
+def _use_cluster_token() -> None:
+    """Send the cluster's auth token when this machine has one (`ray start` writes ~/.ray/auth_token).
+
+    Ray means to do this itself but skips it when joining an explicit address, and it reads
+    RAY_AUTH_MODE when imported, so this runs before `import ray`.
+    """
+    token = Path.home() / ".ray" / "auth_token"
+    if "RAY_AUTH_MODE" not in os.environ and "RAY_AUTH_TOKEN" not in os.environ and token.exists():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+_use_cluster_token()
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune.schedulers import ASHAScheduler  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
+from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from ..architecture import Architecture
 from ..errors import UserError
@@ -73,17 +89,24 @@ class RampOptunaSearch(OptunaSearch):
             self._ot_study.tell(self._ot_trials.pop(trial_id), state=TrialState.PRUNED)
         return Searcher.FINISHED
 
+    def _record(self, trial_id: str, result: dict) -> None:
+        history = self.history.setdefault(trial_id, [])
+        if "top1" not in result or (history and history[-1]["epoch"] == result["training_iteration"]):
+            return
+        history.append({"epoch": result["training_iteration"],
+                        **{k: result[k] for k in ("top1", "top5", "loss", "train_loss") if k in result}})
+        self._ot_trials[trial_id].set_user_attr("history", history)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        entry = {"epoch": result["training_iteration"],
-                 **{k: result[k] for k in ("top1", "top5", "loss", "train_loss") if k in result}}
-        self.history.setdefault(trial_id, []).append(entry)
-        self._ot_trials[trial_id].set_user_attr("history", self.history[trial_id])
+        self._record(trial_id, result)
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
+        if result:  # Tune hands the last epoch's result only to on_trial_complete
+            self._record(trial_id, result)
         if result and "time_total_s" in result:
             ot_trial.set_user_attr("duration_s", result["time_total_s"])
         epochs = (result or {}).get("training_iteration", 0)
@@ -132,6 +155,16 @@ class ProgressCallback(tune.Callback):
     on_trial_error = on_trial_complete
 
 
+def _connect(address: str) -> None:
+    """Join a running cluster, or say clearly why not."""
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except ConnectionError as exc:
+        raise UserError(f"--address {address}: could not join a Ray cluster there ({exc}). Start one with "
+                        "`ray start --head`, or pass 'auto' on a cluster node; a cluster with token "
+                        "authentication needs its token in ~/.ray/auth_token or RAY_AUTH_TOKEN") from None
+
+
 def run(space: SearchSpace, space_file: Path, run_dir: Path, options: SearchOptions,
         progress: Progress | None = None) -> optuna.Study:
     """Run (or resume) a Ray Tune search; returns the Optuna study that holds its trials."""
@@ -141,9 +174,9 @@ def run(space: SearchSpace, space_file: Path, run_dir: Path, options: SearchOpti
     run_dir = run_dir.resolve()
     started_here = not options.address and not ray.is_initialized()
     if options.address:
-        ray.init(address=options.address, log_to_driver=False)
-    elif started_here:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        _connect(options.address)
+    elif started_here:  # a one-machine cluster on loopback
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
     epochs = space.proxy.get("epochs", 3)
     metric, mode = zip(*(METRICS[o] for o in space.objectives))
     searcher = RampOptunaSearch(
@@ -178,7 +211,8 @@ def run(space: SearchSpace, space_file: Path, run_dir: Path, options: SearchOpti
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                       failure_config=tune.FailureConfig(max_failures=2)))
     try:
-        tuner.fit()
+        with contextlib.redirect_stdout(sys.stderr):  # Tune prints tables to stdout; --json owns stdout
+            tuner.fit()
     finally:
         if started_here:
             ray.shutdown()

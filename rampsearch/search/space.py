@@ -24,7 +24,7 @@ SAMPLERS = ("tpe", "nsga2", "gp", "cmaes", "random")
 PRUNERS = ("median", "hyperband", "none")
 OBJECTIVES = {"accuracy": "maximize", "flops": "minimize", "params": "minimize"}
 TOP_KEYS = {"name", "architecture", "img_size", "ramp", "search_architecture", "budget", "objectives",
-            "proxy", "search"}
+            "proxy", "search", "retrain"}
 
 
 class SpaceError(UserError):
@@ -123,6 +123,7 @@ class SearchSpace:
     objectives: tuple[str, ...]
     proxy: dict[str, Any]
     search: dict[str, Any]
+    retrain: dict[str, Any] = field(default_factory=dict)
     source: str = ""
 
     @property
@@ -350,11 +351,16 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "search"
     if search["sampler"] == "cmaes" and len(objectives) > 1:
         raise _err(source, "search.sampler", "cmaes is single-objective; use nsga2, tpe or gp for several objectives")
 
+    retrain = _mapping(data.get("retrain"), source, "retrain", {"top", "seeds", "recipe", "epochs"})
+    for key in ("top", "seeds", "epochs"):
+        if key in retrain and (not isinstance(retrain[key], int) or retrain[key] < 1):
+            raise _err(source, f"retrain.{key}", f"expected a positive integer, got {retrain[key]!r}")
+
     space = SearchSpace(
         name=str(data.get("name", default_name)), base=base, img_size=img_size, parameterization=parameterization,
         ratio_range=(float(ratio_range[0]), float(ratio_range[1])),
         arch_choices=_arch_choices(data.get("search_architecture"), base, source), budget=budget,
-        objectives=tuple(objectives), proxy=proxy, search=search, source=source)
+        objectives=tuple(objectives), proxy=proxy, search=search, retrain=retrain, source=source)
     return space
 
 

@@ -5,17 +5,12 @@ Ray: tune.report + ASHA); they pass that as `report(epoch, metrics)`, which may 
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Callable
 
 from .space import Candidate, SearchSpace
 
 Report = Callable[[int, dict[str, float]], None]
-
-
-class TrialFailed(RuntimeError):
-    """A trial that cannot produce a result (NaN loss, ...): recorded with its reason, the search goes on."""
 
 
 def admit(trial: Any, candidate: Candidate) -> bool:
@@ -46,6 +41,7 @@ def train_config(space: SearchSpace, candidate: Candidate, out_dir: Path, device
         "epochs": epochs or proxy.get("epochs"),
         "seed": space.search["seed"] if seed is None else seed,
         "out": str(out_dir),
+        "quiet": True,  # the search shows its own progress line
     }
     if device:
         config["device"] = device
@@ -53,14 +49,8 @@ def train_config(space: SearchSpace, candidate: Candidate, out_dir: Path, device
 
 
 def run_trial(config: dict[str, Any], report: Report) -> dict[str, Any]:
-    """Train once; return the final metrics plus `history` (per-epoch metrics) and `seconds`."""
+    """Train once (fit raises TrainingDiverged on a NaN loss); return the final metrics, `history`, `seconds`."""
     from ..train import fit
 
-    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-        if not math.isfinite(metrics.get("train_loss", metrics.get("loss", 0.0))):
-            raise TrialFailed(f"training diverged: loss is {metrics.get('train_loss', metrics.get('loss'))} "
-                              f"after epoch {epoch}")
-        report(epoch, metrics)
-
-    result = fit(config, on_epoch=on_epoch)
+    result = fit(config, on_epoch=report)
     return {**result.final, "history": result.history, "seconds": result.seconds}
