@@ -12,7 +12,7 @@ import os
 import sys
 import warnings
 
-COMMANDS = ["flops", "search"]
+COMMANDS = ["flops", "train", "search", "retrain", "report", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:

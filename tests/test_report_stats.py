@@ -41,6 +41,11 @@ def test_comparison_with_one_seed_says_no_interval():
     assert c.difference == 2.0 and math.isinf(c.ci_low) and c.p_value == 1.0 and not c.significant
 
 
+def test_identical_differences_are_not_significant():
+    c = compare([22.0, 27.0], [20.0, 25.0])  # +2 on both seeds: zero variance, t undefined
+    assert c.difference == 2.0 and math.isnan(c.p_value) and not c.significant
+
+
 def test_kendall_tau_known_values():
     assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40])[0] == pytest.approx(1.0)
     assert kendall_tau([1, 2, 3, 4], [40, 30, 20, 10])[0] == pytest.approx(-1.0)

@@ -26,7 +26,7 @@ class Comparison:
 
     @property
     def significant(self) -> bool:
-        return self.p_value < 0.05
+        return self.p_value < 0.05  # False for NaN: no test, no claim
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -54,9 +54,8 @@ def compare(a: Sequence[float], b: Sequence[float], paired: bool = True, confide
         if n < 2:
             return Comparison(mean_a, std_a, mean_b, std_b, diff, -math.inf, math.inf, 1.0, "paired t (n<2)", n)
         se = d.std(ddof=1) / math.sqrt(n)
-        if se == 0:
-            p = 1.0 if diff == 0 else 0.0
-            return Comparison(mean_a, std_a, mean_b, std_b, diff, diff, diff, p, "paired t", n)
+        if se == 0:  # every seed differs by the same amount: the t statistic is undefined, not infinite
+            return Comparison(mean_a, std_a, mean_b, std_b, diff, diff, diff, math.nan, "paired t (no variance)", n)
         half = stats.t.ppf(1 - alpha / 2, n - 1) * se
         p = float(stats.ttest_rel(a_arr, b_arr).pvalue)
         return Comparison(mean_a, std_a, mean_b, std_b, diff, diff - half, diff + half, p, "paired t", n)
@@ -66,8 +65,8 @@ def compare(a: Sequence[float], b: Sequence[float], paired: bool = True, confide
     va, vb = std_a ** 2 / na, std_b ** 2 / nb
     se = math.sqrt(va + vb)
     if se == 0:
-        p = 1.0 if diff == 0 else 0.0
-        return Comparison(mean_a, std_a, mean_b, std_b, diff, diff, diff, p, "Welch t", min(na, nb))
+        return Comparison(mean_a, std_a, mean_b, std_b, diff, diff, diff, math.nan, "Welch t (no variance)",
+                          min(na, nb))
     dof = (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))  # Welch-Satterthwaite
     half = stats.t.ppf(1 - alpha / 2, dof) * se
     p = float(stats.ttest_ind(a_arr, b_arr, equal_var=False).pvalue)

@@ -1,0 +1,30 @@
+"""`rampsearch report`: the HTML + Markdown comparison report of a searched and retrained run."""
+from __future__ import annotations
+
+import argparse
+
+from ..report import build_report
+from .common import print_json
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report", help="write the comparison report (HTML + Markdown + CSV tables) of a run",
+        description="Compare the searched schedules with the hand-set ramp: summary with confidence intervals, "
+                    "ramp plot, search history and Pareto front, proxy fidelity, training curves, frequency "
+                    "analysis and run metadata. The HTML is self-contained and opens offline.")
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory that has been searched and retrained")
+    parser.add_argument("--out", metavar="DIR", help="where to write (default: RUN_DIR/report)")
+    parser.add_argument("--storage", metavar="URL", help="the search's RDB storage, if it used one")
+    parser.add_argument("--json", action="store_true", help="print the paths and verdict as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    outcome = build_report(args.run_dir, args.out, args.storage)
+    if args.json:
+        print_json(outcome)
+    else:
+        print(f"report: {outcome['html']} (Markdown: {outcome['markdown']})")
+        print(outcome["verdict"])
+    return 0

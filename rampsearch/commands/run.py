@@ -1,0 +1,38 @@
+"""`rampsearch run`: the whole job, search → retrain → report, in one command."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..report import build_report
+from ..retrain import run_retrain
+from ..search import run_search
+from .common import print_json
+from .retrain import add_retrain_args
+from .search import add_search_args, options_from_args
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run", help="search, retrain the best against the hand-set ramp, and write the report",
+        description="The main job: search SPACE.yaml under its budget, retrain the best schedule(s) and the "
+                    "hand-set ramp over seeds, then write the comparison report. Rerunning resumes each step.")
+    add_search_args(parser)
+    add_retrain_args(parser)
+    parser.add_argument("--report-out", metavar="DIR", help="where to write the report (default: RUN_DIR/report)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    options, run_dir = options_from_args(args)
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json or args.quiet else print
+    run_search(args.space, run_dir, options, args.backend, show_progress=not args.quiet and not args.json, log=log)
+    run_retrain(run_dir, args.top, args.seeds, args.recipe, args.epochs, args.baselines, args.device,
+                options.storage, log=log)
+    outcome = build_report(run_dir, args.report_out, options.storage)
+    if args.json:
+        print_json(outcome)
+    else:
+        print(f"report: {outcome['html']}")
+        print(outcome["verdict"])
+    return 0
