@@ -121,13 +121,12 @@ def run_retrain(run_dir: str | Path, top: int | None = None, seeds: int | None =
             folder = out / contender.name / f"seed{seed}"
             result_file = folder / "result.json"  # train.fit writes it when the run is complete
             if result_file.exists():
-                result = json.loads(result_file.read_text())
-                log(f"{contender.name} seed {seed}: done earlier (top-1 {result['top1']:.2f}%)")
+                log(f"{contender.name} seed {seed}: done earlier")
             else:
                 log(f"{contender.name} seed {seed}: training ({settings['recipe']} recipe, "
                     f"{settings['epochs'] or 'its'} epochs)")
-                result = run_trial(_config(space, contender, folder, seed, settings, device),
-                                   report=lambda epoch, metrics: None)
+                run_trial(_config(space, contender, folder, seed, settings, device), report=lambda epoch, metrics: None)
+            result = json.loads(result_file.read_text())  # one source for fresh and resumed runs alike
             rows.append({"name": contender.name, "kind": contender.kind, "seed": seed, "top1": result["top1"],
                          "top5": result.get("top5"), "loss": result.get("loss"), "seconds": result["seconds"],
                          "flops": contender.flops, "params": contender.params,
