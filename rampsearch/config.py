@@ -31,7 +31,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, read_yaml_mapping
 
 RECIPE_DIR = Path(__file__).parent / "configs" / "recipes"
 
@@ -158,12 +158,7 @@ def _read_recipe_file(name: str | Path, seen: tuple[Path, ...] = ()) -> dict[str
     path = recipe_path(name)
     if path.resolve() in seen:
         raise ConfigError(f"recipe {path}: `base:` chain loops back to itself")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"recipe {path}: expected a mapping of recipe keys")
+    data = read_yaml_mapping(path, "recipe", ConfigError)
     base = data.pop("base", None)
     if base is None:
         return data

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import yaml
 
 from .architecture import VARIANTS, Architecture
-from .errors import UserError
+from .errors import UserError, read_yaml_mapping
 
 # Ratios typed by hand with two decimals (0.67 for 2/3) are accepted when this close to a valid
 # value; valid values of widths up to 1024 (32 heads) are >= 0.031 apart, so this is unambiguous.
@@ -245,26 +245,13 @@ def ramp_from_dict(data: dict[str, Any], source: str = "ramp") -> RampSchedule |
     return RampSchedule(tuple(values))
 
 
-def read_ramp_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise RampError(f"ramp file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
-    except yaml.YAMLError as exc:
-        raise RampError(f"ramp file {path} is not valid YAML/JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise RampError(f"ramp file {path}: expected a mapping with a 'ramp' or 'knots' key")
-    return data
-
-
 def load_ramp(spec: str, arch: Architecture) -> RampSchedule:
     """Parse a command-line ramp: 'handset', a ramp file, or comma-separated ratios (0.67 or 2/3)."""
     spec = spec.strip()
     if spec == "handset":
         return RampSchedule.handset(arch)
     if Path(spec).suffix.lower() in {".yaml", ".yml", ".json"} or Path(spec).is_file():
-        return resolve_ramp(ramp_from_dict(read_ramp_file(spec), source=spec), arch)
+        return resolve_ramp(ramp_from_dict(read_yaml_mapping(spec, "ramp file", RampError), source=spec), arch)
     try:
         values = [float(Fraction(v.strip())) for v in spec.split(",") if v.strip()]
     except (ValueError, ZeroDivisionError):

@@ -23,7 +23,7 @@ def run_dir(tmp_path_factory) -> Path:
     result = subprocess.run([sys.executable, str(ROOT / "cli.py"), "run", str(TINY), "--out", str(out), "--quiet"],
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"report: {out / 'report' / 'report.html'}" in result.stdout
+    assert f"report: {out / 'report' / 'report.html'} (Markdown" in result.stdout
     assert "Verdict:" in result.stdout
     return out
 

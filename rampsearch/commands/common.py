@@ -4,13 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..architecture import VARIANTS, Architecture
-from ..errors import UserError
+from ..errors import UserError, read_yaml_mapping
 from ..ramp import RampSchedule, load_ramp
 
 
@@ -28,26 +25,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="square input size (default: 224, 64 for nano)")
 
 
-def read_mapping(path: str) -> dict[str, Any]:
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"{path} does not exist")
-    try:
-        data = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML/JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping at the top level")
-    return data
-
-
 def resolve_model_args(args: argparse.Namespace) -> tuple[Architecture, RampSchedule, int]:
     """(architecture, validated ramp, image size) from --variant/--arch, --ramp and --img-size."""
     if args.variant:
         arch = Architecture.resolve(args.variant)
         default_size = VARIANTS[args.variant].img_size
     else:
-        data = read_mapping(args.arch)
+        data = read_yaml_mapping(args.arch, "architecture file")
         arch = Architecture.from_dict(data.get("architecture", data))
         default_size = data.get("img_size", 224)
     img_size = args.img_size or default_size

@@ -20,11 +20,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    outcome = build_report(args.run_dir, args.out, args.storage)
-    if args.json:
+def print_outcome(outcome: dict, as_json: bool) -> None:
+    if as_json:
         print_json(outcome)
     else:
         print(f"report: {outcome['html']} (Markdown: {outcome['markdown']})")
         print(outcome["verdict"])
+
+
+def run(args: argparse.Namespace) -> int:
+    print_outcome(build_report(args.run_dir, args.out, args.storage), args.json)
     return 0

@@ -7,7 +7,7 @@ import sys
 from ..report import build_report
 from ..retrain import run_retrain
 from ..search import run_search
-from .common import print_json
+from .report import print_outcome
 from .retrain import add_retrain_args
 from .search import add_search_args, options_from_args
 
@@ -29,10 +29,5 @@ def run(args: argparse.Namespace) -> int:
     run_search(args.space, run_dir, options, args.backend, show_progress=not args.quiet and not args.json, log=log)
     run_retrain(run_dir, args.top, args.seeds, args.recipe, args.epochs, args.baselines, args.device,
                 options.storage, log=log)
-    outcome = build_report(run_dir, args.report_out, options.storage)
-    if args.json:
-        print_json(outcome)
-    else:
-        print(f"report: {outcome['html']}")
-        print(outcome["verdict"])
+    print_outcome(build_report(run_dir, args.report_out, options.storage), args.json)
     return 0

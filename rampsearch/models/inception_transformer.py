@@ -24,6 +24,7 @@ from timm.models import register_model
 
 from ..architecture import VARIANTS, Architecture
 from ..ramp import ContinuousRamp, RampSchedule, resolve_ramp
+from ._entrypoints import model_kwargs
 
 __all__ = ["InceptionTransformer", "build_iformer", "set_fused_attn"]
 
@@ -306,17 +307,9 @@ def _cfg(img_size: int | tuple[int, int], num_classes: int, in_chans: int) -> di
             "std": (0.229, 0.224, 0.225), "first_conv": "patch_embed.proj1", "classifier": "head"}
 
 
-# Keys timm.create_model passes to every entrypoint; there are no hosted weights to use them with.
-_TIMM_FACTORY_KEYS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
-
-
 def _create(variant: str, pretrained: bool, default_img_size: int | None = None,
             **kwargs: Any) -> InceptionTransformer:
-    if pretrained:
-        raise ValueError("no weights are hosted for the Inception Transformer (nothing can be downloaded); "
-                         "build it with pretrained=False and pass checkpoint_path=... to timm.create_model")
-    for key in _TIMM_FACTORY_KEYS:
-        kwargs.pop(key, None)
+    kwargs = model_kwargs("Inception Transformer", pretrained, kwargs)
     kwargs.setdefault("img_size", default_img_size or VARIANTS[variant].img_size)
     return build_iformer(variant, **kwargs)
 

@@ -30,6 +30,8 @@ from timm.layers import Mlp, to_2tuple, trunc_normal_, use_fused_attn
 from timm.models import register_model
 from timm.models.vision_transformer import Block
 
+from ._entrypoints import model_kwargs
+
 __all__ = ["T2T_VIT_CONFIGS", "T2TViT", "T2TViTConfig", "build_t2t_vit", "t2t_grid"]
 
 TOKEN_DIM = 64  # width of the tokens inside the T2T module
@@ -238,17 +240,8 @@ def _cfg(img_size: int | tuple[int, int], num_classes: int, in_chans: int) -> di
             "std": (0.229, 0.224, 0.225), "classifier": "head"}
 
 
-# Keys timm.create_model passes to every entrypoint; there are no hosted weights to use them with.
-_TIMM_FACTORY_KEYS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
-
-
 def _create(variant: str, pretrained: bool, **kwargs: Any) -> T2TViT:
-    if pretrained:
-        raise ValueError("no T2T-ViT weights are hosted here (nothing can be downloaded); build it with "
-                         "pretrained=False and pass checkpoint_path=... to timm.create_model")
-    for key in _TIMM_FACTORY_KEYS:
-        kwargs.pop(key, None)
-    return build_t2t_vit(variant, **kwargs)
+    return build_t2t_vit(variant, **model_kwargs("T2T-ViT", pretrained, kwargs))
 
 
 @register_model

@@ -12,10 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..architecture import Architecture, ArchitectureError
-from ..errors import UserError
+from ..errors import UserError, read_yaml_mapping
 from ..flops import flops_model
 from ..ramp import RampSchedule
 from .parameterizations import PARAMETERIZATIONS, Knots, Parameterization
@@ -275,15 +273,8 @@ def _allowed_values(choices: ArchChoices, name: str) -> list:
 
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a search-space YAML file."""
-    path = Path(path)
-    source = str(path)
-    if not path.is_file():
-        raise SpaceError(f"search space {source} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SpaceError(f"{source} is not valid YAML: {exc}") from None
-    return parse_space(data, source, default_name=path.stem)
+    data = read_yaml_mapping(path, "search space", SpaceError)
+    return parse_space(data, str(path), default_name=Path(path).stem)
 
 
 def parse_space(data: Any, source: str = "<space>", default_name: str = "search") -> SearchSpace:
