@@ -17,9 +17,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) cli.py flops --variant small
-	$(PY) cli.py flops --variant base
-	$(PY) cli.py flops --variant large
+	$(PY) cli.py run search_spaces/demo.yaml --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q
