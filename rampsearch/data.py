@@ -2,28 +2,23 @@
 
 synthetic-freq
 --------------
-A procedurally generated classification set whose label needs both a low-frequency cue (a global
-relation between two blobs far apart) and a high-frequency cue (the orientation of a fine grating
-inside them): label = low_class * n_high + high_class. Either cue alone leaves 1/n_high or 1/n_low
-of the classes to guess between. How one image is made (sizes are fractions of the image side
-unless given in pixels):
+A procedurally generated classification set whose label needs both a low-frequency cue (the global
+layout of a few blobs) and a high-frequency cue (the orientation of a fine grating inside them):
+label = layout * n_high + orientation. Either cue alone leaves n_high (or n_low) classes to guess
+between. How one image is made (sizes are fractions of the image side unless given in pixels):
 
 1. Background: a random colour plus a linear gradient in a random direction, random amplitude.
-2. Low-frequency class: two soft-edged disks placed symmetrically about a jittered centre along
-   one of four directions (horizontal, vertical, two diagonals; +-10 degrees of jitter), at a random
-   distance; their colours are either the same or differ by a random 0.25-0.45 in every channel.
-   Class = (direction, same/different): up to 8 classes. Telling "same" from "different" means
-   comparing two regions about half an image apart - global mixing, which attention does in one
-   step and stacked 3x3 convolutions only after several downsamplings.
-3. High-frequency class: both disks carry a sinusoidal grating of one of n_high orientations
-   (evenly spaced over 180 degrees, +-7.5 degrees of jitter) with a period of 6-9 pixels, random
-   phase and random contrast. A period spans two to three stem strides (4 px): recognizing it needs
-   local spatial filtering of the stem's features at full resolution, which the convolutional
-   branch provides and the attention branch, averaging 2x2 tokens in stages 1-2, blurs away.
+2. Layout (low-frequency class): 2-4 soft-edged disks at the template positions of the class
+   (pairs horizontal, vertical, diagonal, anti-diagonal; two triangles; a square; a row of three),
+   scaled by a random spread, rotated by up to +-10 degrees and shifted by up to +-1/8 image.
+3. Texture (high-frequency class): all disks carry a sinusoidal grating of one of n_high
+   orientations (evenly spaced over 180 degrees, +-7.5 degrees of jitter) with a period of 3-5
+   pixels, random phase, on a random colour, at a random contrast.
 4. Gaussian pixel noise of random strength.
 
 Contrast, noise, colours and sizes vary widely, so images range from easy to hard and accuracy
-grows smoothly with training instead of jumping.
+grows with training instead of jumping. How the ramps compare on it is measured, not assumed:
+benchmarks/calibrate_synthetic.py trains the hand-set, pure-attention and pure-conv ramps.
 
 All random values of image i come from numpy's generator seeded with (seed, split, i), so an image
 depends only on (seed, split, index, resolution, class counts) and not on how many are made.
@@ -31,8 +26,8 @@ Labels cycle through the classes (balanced). The set is generated once per proce
 in memory as uint8 (a few thousand 64x64 images per second).
 
 Its labels are not invariant to flips, crops or rotations (they change orientations and
-directions), so synthetic-freq uses none of the recipe's image transforms; batch-level
-mixup/cutmix and label smoothing still apply.
+layouts), so synthetic-freq uses none of the recipe's image transforms; batch-level mixup/cutmix
+and label smoothing still apply.
 
 Image folders
 -------------
@@ -67,25 +62,32 @@ log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic-freq"
 
-# Low-frequency classes: the direction of the line through the two blobs (degrees) and whether the
-# blobs have the same colour, in class order: (0, same), (0, different), (90, same), ...
-PAIR_DIRECTIONS_DEG = (0.0, 90.0, 45.0, 135.0)
-MAX_LAYOUTS = 2 * len(PAIR_DIRECTIONS_DEG)
+# Blob centres of each low-frequency (layout) class, in units of the random spread, before rotation
+# and shift: pairs horizontal, vertical, diagonal, anti-diagonal; two triangles; a square; a row of 3.
+LAYOUTS: tuple[tuple[tuple[float, float], ...], ...] = (
+    ((-1, 0), (1, 0)),
+    ((0, -1), (0, 1)),
+    ((-0.7, -0.7), (0.7, 0.7)),
+    ((-0.7, 0.7), (0.7, -0.7)),
+    ((-1, 0.6), (0, -0.9), (1, 0.6)),
+    ((-1, -0.6), (0, 0.9), (1, -0.6)),
+    ((-0.8, -0.8), (0.8, -0.8), (-0.8, 0.8), (0.8, 0.8)),
+    ((-1.2, 0), (0, 0), (1.2, 0)),
+)
 MAX_TEXTURES = 8  # orientations closer than 180/8 degrees drown in the orientation jitter
 
 # Nuisance ranges (fractions of the image side unless noted), uniform in [low, high].
-SHIFT = 0.15  # offset of the pair's centre, either axis, +-SHIFT/2
-SPREAD = (0.2, 0.27)  # distance of each blob from the pair's centre
-ROTATION_DEG = 20.0  # pair direction jitter, +-ROTATION_DEG/2
-RADIUS = (0.11, 0.16)  # blob radius
+SHIFT = 0.25  # offset of the layout's centre, either axis, +-SHIFT/2
+SPREAD = (0.16, 0.24)  # distance of the blobs from the layout's centre, in template units
+ROTATION_DEG = 20.0  # layout rotation, +-ROTATION_DEG/2
+RADIUS = (0.08, 0.13)  # blob radius
 EDGE_PX = 1.5  # softness of a blob's edge, pixels
-PERIOD_PX = (6.0, 9.0)  # grating period, pixels: a few stem strides, fine detail at any resolution
+PERIOD_PX = (3.0, 5.0)  # grating period, pixels: fine detail at any resolution
 ORIENTATION_JITTER_DEG = 15.0  # +-half of it around the class orientation
-CONTRAST = (0.1, 0.6)  # grating amplitude on the blob colour
-COLOUR_GAP = (0.25, 0.45)  # per-channel colour difference of a "different" pair
+CONTRAST = (0.1, 0.45)  # grating amplitude on the blob colour
 GRADIENT = 0.4  # background gradient amplitude across the image, at most
-NOISE = (0.02, 0.2)  # pixel noise standard deviation
-_NUM_DRAWS = 19  # uniform draws per image, in the order used by _render
+NOISE = (0.03, 0.18)  # pixel noise standard deviation
+_NUM_DRAWS = 18  # uniform draws per image, in the order used by _render
 
 
 class DataError(UserError):
@@ -111,14 +113,13 @@ def build_datasets(source: str, recipe: Recipe, img_size: int) -> Datasets:
 
 def synthetic_datasets(recipe: Recipe, img_size: int) -> Datasets:
     low, high = recipe.synthetic_low_classes, recipe.synthetic_high_classes
-    if not (1 <= low <= MAX_LAYOUTS and 1 <= high <= MAX_TEXTURES and low * high >= 2):
-        raise DataError(f"synthetic-freq: synthetic_low_classes must be in 1..{MAX_LAYOUTS} and "
+    if not (1 <= low <= len(LAYOUTS) and 1 <= high <= MAX_TEXTURES and low * high >= 2):
+        raise DataError(f"synthetic-freq: synthetic_low_classes must be in 1..{len(LAYOUTS)} and "
                         f"synthetic_high_classes in 1..{MAX_TEXTURES} (at least 2 classes in all); "
                         f"got {low} and {high}")
     if img_size < 16:
         raise DataError(f"synthetic-freq: img_size {img_size} is too small for its textures; use at least 16")
-    pairs = [f"{d:g}deg-{relation}" for d in PAIR_DIRECTIONS_DEG for relation in ("same", "different")]
-    classes = [f"{pairs[i]}_orient{j}" for i in range(low) for j in range(high)]
+    classes = [f"layout{i}_orientation{j}" for i in range(low) for j in range(high)]
     per_split = {"train": recipe.synthetic_train_per_class, "val": recipe.synthetic_val_per_class}
     made = {split: SyntheticImages(*synthetic_freq(low, high, count * len(classes), img_size,
                                                    recipe.synthetic_seed, split), recipe.mean, recipe.std)
@@ -155,7 +156,7 @@ def _render(u: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, high_cla
     def draw(column: int, bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
         return (bounds[0] + u[:, column] * (bounds[1] - bounds[0])).view(n, 1, 1, 1)
 
-    low, orientation = labels // high_classes, labels % high_classes
+    layout, orientation = labels // high_classes, labels % high_classes
     axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size - 0.5
     y, x = axis.view(1, 1, size, 1), axis.view(1, 1, 1, size)
 
@@ -168,20 +169,27 @@ def _render(u: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, high_cla
         (draw(10) - 0.5) * math.radians(ORIENTATION_JITTER_DEG)
     along = theta.cos() * x + theta.sin() * y
     grating = torch.sin(along * (2 * math.pi * size) / draw(11, PERIOD_PX) + draw(12) * 2 * math.pi)
-    detail = grating.mul_(draw(13, CONTRAST)).sub_(gradient)  # inside a blob: colour + grating, no gradient
-
-    pair = torch.tensor(PAIR_DIRECTIONS_DEG)[low // 2].view(n, 1, 1, 1)
-    angle = torch.deg2rad(pair) + (draw(8) - 0.5) * math.radians(ROTATION_DEG)
-    dx, dy = angle.cos() * draw(7, SPREAD), angle.sin() * draw(7, SPREAD)
-    cx, cy = (draw(5) - 0.5) * SHIFT, (draw(6) - 0.5) * SHIFT
     colour = 0.1 + 0.8 * u[:, 14:17].view(n, 3, 1, 1)
-    # the second blob: the same colour, or moved COLOUR_GAP away from it in every channel (inward)
-    gap = draw(18, COLOUR_GAP) * torch.where(colour < 0.5, 1.0, -1.0)
-    other = colour + gap * (low % 2).view(n, 1, 1, 1)
-    for sign, blob_colour in ((1, colour), (-1, other)):
-        distance = ((x - cx - sign * dx) ** 2 + (y - cy - sign * dy) ** 2).sqrt_()
-        mask = distance.sub_(draw(9, RADIUS)).mul_(-size / EDGE_PX).sigmoid_()  # N x 1 x H x W
-        image.addcmul_(mask, blob_colour - background).add_(mask * detail)
+    # inside a blob: its colour plus the grating, without the background's gradient
+    inside = colour - background + grating.mul_(draw(13, CONTRAST)).sub_(gradient)
+
+    slots = max(len(t) for t in LAYOUTS)  # blob slots; a layout with fewer blobs leaves some empty
+    template = torch.zeros(len(LAYOUTS), slots, 2)
+    present = torch.zeros(len(LAYOUTS), slots)
+    for k, points in enumerate(LAYOUTS):
+        template[k, :len(points)] = torch.tensor(points)
+        present[k, :len(points)] = 1
+    angle = (draw(8) - 0.5) * math.radians(ROTATION_DEG)
+    spread, radius = draw(7, SPREAD), draw(9, RADIUS)
+    cx, cy = (draw(5) - 0.5) * SHIFT, (draw(6) - 0.5) * SHIFT
+    mask = torch.zeros(n, 1, size, size)
+    for slot in range(slots):
+        ox, oy = template[layout, slot, 0].view(n, 1, 1, 1), template[layout, slot, 1].view(n, 1, 1, 1)
+        bx = cx + (ox * angle.cos() - oy * angle.sin()) * spread
+        by = cy + (ox * angle.sin() + oy * angle.cos()) * spread
+        disk = ((x - bx) ** 2 + (y - by) ** 2).sqrt_().sub_(radius).mul_(-size / EDGE_PX).sigmoid_()
+        mask = torch.maximum(mask, disk.mul_(present[layout, slot].view(n, 1, 1, 1)))
+    image.addcmul_(mask, inside)
     return image.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
 
 
@@ -268,7 +276,8 @@ def _scan_classes(split_root: Path, strict: bool, allowed: set[str] | None = Non
     from timm.utils.misc import natural_key
 
     extensions = get_img_extensions(as_set=True)
-    class_dirs = sorted((d for d in split_root.iterdir() if d.is_dir()), key=lambda d: natural_key(d.name))
+    class_dirs = sorted((d for d in split_root.iterdir() if d.is_dir() and not d.name.startswith(".")),
+                        key=lambda d: natural_key(d.name))  # hidden folders (.ipynb_checkpoints) are no classes
     if not class_dirs:
         raise DataError(f"{split_root} has no class folders; expected {split_root}/CLASS_NAME/IMAGE files")
     candidates: dict[str, list[Path]] = {}

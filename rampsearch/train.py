@@ -120,7 +120,7 @@ def _start_process(device: str) -> _Process:
             raise ConfigError(f"device {device!r}: no CUDA GPU is available; use --device cpu")
         if world > 1:
             device = f"cuda:{local_rank}"
-        torch.cuda.set_device(torch.device(device))
+            torch.cuda.set_device(local_rank)
     elif device != "cpu":
         raise ConfigError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
     owns = world > 1 and not dist.is_initialized()
@@ -256,8 +256,8 @@ class _Trainer:
                           else nn.CrossEntropyLoss(label_smoothing=recipe.smoothing))
         self.amp = _amp_dtype(recipe.amp, proc.device)
 
-    def train_epoch(self, loader: DataLoader, epoch: int, bar) -> tuple[float, float]:
-        """One pass over `loader`; (mean training loss over all processes, seconds)."""
+    def train_epoch(self, loader: DataLoader, epoch: int, bar) -> tuple[float, float, float]:
+        """One pass over `loader`; (mean training loss over all processes, seconds, last lr used)."""
         from timm.utils import distribute_bn
 
         recipe, device = self.recipe, self.proc.device
@@ -285,12 +285,13 @@ class _Trainer:
             bar.update(1)
             bar.set_postfix_str(f"{(step + 1) * recipe.batch_size / (time.perf_counter() - started):.0f} img/s")
         seconds = time.perf_counter() - started
+        lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step(epoch + 1)
         if self.proc.world > 1:
             dist.all_reduce(loss_sum)
             for module in (self.net, self.ema.module) if self.ema else (self.net,):
                 distribute_bn(module, self.proc.world, reduce=True)  # average BatchNorm running stats
-        return loss_sum.item() / (self.steps * self.proc.world), seconds
+        return loss_sum.item() / (self.steps * self.proc.world), seconds, lr
 
     def evaluate(self, loader: DataLoader) -> dict[str, float]:
         metrics = _evaluate(self.net, loader, self.proc, self.amp, self.recipe.channels_last)
@@ -336,7 +337,8 @@ def _fit(cfg: TrainConfig, proc: _Process, on_epoch: OnEpoch | None) -> TrainRes
         start_epoch, weights, state = resumed
         trainer.restore(weights, state)
         history, earlier_seconds = state["history"], state["seconds"]
-        log.info("resuming %s after epoch %d of %d", out, start_epoch, epochs)
+        if proc.primary:
+            log.info("resuming %s after epoch %d of %d", out, start_epoch, epochs)
     if out and proc.primary:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", identity)
@@ -349,14 +351,17 @@ def _fit(cfg: TrainConfig, proc: _Process, on_epoch: OnEpoch | None) -> TrainRes
         generator.manual_seed(torch.initial_seed())  # this epoch's DataLoader worker seeds
         bar.set_description(f"epoch {epoch + 1}/{epochs}")
         started = time.perf_counter()
-        train_loss, train_seconds = trainer.train_epoch(train_loader, epoch, bar)
-        row = {"epoch": epoch + 1, "lr": trainer.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+        train_loss, train_seconds, lr = trainer.train_epoch(train_loader, epoch, bar)
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
                **trainer.evaluate(val_loader), "train_seconds": round(train_seconds, 3),
                "img_s": round(steps * recipe.batch_size / train_seconds, 1),
                "epoch_seconds": round(time.perf_counter() - started, 3)}
         history.append(row)
-        log.info("epoch %d/%d  train_loss %.4f  loss %.4f  top1 %.2f  top5 %.2f  lr %.2e  %.0f img/s",
-                 epoch + 1, epochs, row["train_loss"], row["loss"], row["top1"], row["top5"], row["lr"], row["img_s"])
+        if proc.primary:
+            bar.clear()  # the log line goes above the bar, not into it
+            log.info("epoch %d/%d  train_loss %.4f  loss %.4f  top1 %.2f  top5 %.2f  lr %.2e  %.0f img/s", epoch + 1,
+                     epochs, row["train_loss"], row["loss"], row["top1"], row["top5"], row["lr"], row["img_s"])
+            bar.refresh()
         if out and proc.primary:
             seconds = earlier_seconds + time.perf_counter() - session_start
             save_checkpoint(out, epoch + 1, trainer.net.state_dict(),
@@ -413,11 +418,12 @@ def _after_epoch(on_epoch: OnEpoch | None, epoch: int, row: dict[str, float], pr
         except BaseException as exc:  # re-raised below, after telling the other processes
             error = exc
     if proc.world > 1:
-        decision = [stop, error is not None]
-        dist.broadcast_object_list(decision, src=0)
-        stop, failed = decision
-        if failed and not proc.primary:
+        decision = torch.tensor([2 if error is not None else int(stop is not None)], device=proc.device)
+        dist.broadcast(decision, src=0)
+        if decision.item() == 2 and not proc.primary:
             raise RuntimeError(f"rank 0's on_epoch callback failed after epoch {epoch}")
+        if decision.item() == 1 and not proc.primary:
+            stop = "stopped by on_epoch on rank 0"
     if error is not None:
         raise error
     return stop

@@ -122,6 +122,23 @@ def test_fit_accepts_the_search_trial_dict(tmp_path):
         fit({"architecture": TINY_ARCH, "learning_rate": 1})
 
 
+def test_trains_on_an_image_folder_with_the_paper_augmentations(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    for split, count in (("train", 16), ("val", 4)):
+        for c in range(2):
+            (tmp_path / split / f"class{c}").mkdir(parents=True)
+            for i in range(count):
+                pixels = np.random.default_rng(i).integers(0, 255, (40, 40, 3), dtype=np.uint8) // (c + 1)
+                Image.fromarray(pixels).save(tmp_path / split / f"class{c}" / f"{i}.png")
+    paper_augmentations = {"auto_augment": "rand-m9-mstd0.5-inc1", "reprob": 0.25, "mixup": 0.8, "cutmix": 1.0,
+                           "scale": [0.08, 1.0], "workers": 0}
+    config = replace(tiny(tmp_path / "run", epochs=1, **paper_augmentations), data=str(tmp_path))
+    result = fit(config)
+    assert result.epochs == 1 and result.history[0]["top1"] >= 0
+
+
 # -- recipes -------------------------------------------------------------------------------------------------
 
 def test_recipe_precedence(tmp_path):

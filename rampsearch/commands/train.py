@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ..config import TrainConfig, parse_set
@@ -19,7 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train a model with a ramp (proxy or full recipe), resumable",
         description="Train an iFormer with a given ramp on synthetic-freq data or an image folder, with the "
                     "paper's or the proxy recipe. Rerunning the same command resumes from the last "
-                    "checkpoint in --out. Under `torchrun --nproc_per_node N` it trains data-parallel.")
+                    "checkpoint in --out. Under `torchrun --nproc_per_node N` it trains data-parallel. "
+                    "Settings, lowest to highest precedence: the recipe file, --set KEY=VALUE, then "
+                    "--epochs and --seed.")
     add_model_args(parser)
     parser.add_argument("--data", default=SYNTHETIC, metavar=f"{SYNTHETIC}|PATH",
                         help=f"'{SYNTHETIC}' (built-in, default) or an image folder: PATH/train/CLASS/* and "
@@ -51,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
                          recipe=args.recipe, overrides=parse_set(args.overrides), epochs=args.epochs,
                          seed=args.seed, out=args.out, device=args.device, resume=args.resume, quiet=args.quiet)
     result = fit(config)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one report
+        return 0
     if args.json:
         print_json(result.summary())
     else:
