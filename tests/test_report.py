@@ -85,3 +85,15 @@ def test_report_of_an_unretrained_run_says_what_to_do(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "not a search run directory" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_baselines_are_retrained_and_reported(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("retrain", "report"))
+    for command in (["retrain", str(run), "--baselines", "--seeds", "1", "--top", "1"], ["report", str(run)]):
+        result = subprocess.run([sys.executable, str(ROOT / "cli.py"), *command], capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+    summary = (run / "report" / "summary.csv").read_text()
+    for family in ("deit", "crossvit", "t2t"):
+        assert f"\n{family},baseline" in summary

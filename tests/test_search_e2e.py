@@ -93,7 +93,9 @@ def _states(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
 
 def test_kill_and_resume(tmp_path):
     run_dir = tmp_path / "run"
-    command = [*CLI, "search", str(TINY), "--out", str(run_dir), "--trials", "3", "--quiet"]
+    space = tmp_path / "space.yaml"  # longer trials, so the kill surely lands inside one
+    space.write_text(TINY.read_text().replace("  epochs: 2\n  data:", "  epochs: 8\n  data:"))
+    command = [*CLI, "search", str(space), "--out", str(run_dir), "--trials", "3", "--quiet"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline:  # kill while the second trial trains
@@ -105,13 +107,13 @@ def test_kill_and_resume(tmp_path):
     else:
         process.kill()
         pytest.fail("the search never reached its second trial")
-    time.sleep(1.0)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    assert sum(t.state == optuna.trial.TrialState.RUNNING for t in _states(run_dir)) == 1
     kept = {t.number: t.values for t in _states(run_dir) if t.state.is_finished()}
     subprocess.run(command, check=True, capture_output=True)
     frame = pd.read_csv(run_dir / "trials.csv")
-    interrupted = frame[(frame["state"] == "FAIL") & frame["reason"].str.contains("interrupted", na=False)]
+    interrupted = frame[(frame["state"] == "FAIL") & frame["reason"].astype(str).str.contains("interrupted")]
     assert len(interrupted) == 1
     retry = frame[frame["retry_of"] == interrupted.iloc[0]["number"]]
     assert len(retry) == 1 and retry.iloc[0]["state"] in ("COMPLETE", "PRUNED")
@@ -178,3 +180,12 @@ def test_postgresql_study_shared_by_two_processes(tmp_path):
         assert sum(t.user_attrs.get("baseline", False) for t in study.trials) == 1
         meta = json.loads((tmp_path / "machine1" / "search.json").read_text())
         assert "s3cret-password" not in json.dumps(meta) and "***" in meta["storage"]
+
+
+def test_worker_processes_share_the_journal_study(tmp_path):
+    outcome = run_search(TINY, tmp_path / "run", SearchOptions(trials=4, study="tiny", workers=2), "optuna",
+                         show_progress=False, log=lambda m: None)
+    trials = [t for t in outcome.study.get_trials() if not t.user_attrs.get("infeasible")]
+    assert len(trials) == 4  # the count is shared: the two workers do not each run four
+    assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 2
+    _check_outputs(tmp_path / "run", trained=4)

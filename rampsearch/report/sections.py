@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import replace
 from importlib import metadata
 from typing import Any
 
@@ -34,10 +35,11 @@ def _seed_scores(data, name: str) -> list[float]:
 
 
 def _build(contender: dict[str, Any], img_size: int, num_classes: int):
-    if contender["kind"] == "baseline":
+    if contender["kind"] == "baseline":  # built for the data's image size, which the spec holds
         from ..baselines import BaselineSpec, build_baseline
 
-        return build_baseline(BaselineSpec(**contender["baseline"]), img_size=img_size, num_classes=num_classes)
+        spec = BaselineSpec(**contender["baseline"])
+        return build_baseline(replace(spec, kwargs={**spec.kwargs, "num_classes": num_classes}))
     from ..models import build_iformer
 
     arch = Architecture.from_dict(contender["architecture"])
@@ -70,7 +72,9 @@ def summary_section(doc, data) -> str:
     for c in data.plan["contenders"]:
         scores = _seed_scores(data, c["name"])
         mean, std = mean_std(scores) if scores else (math.nan, math.nan)
-        row = {"schedule": c["name"], "kind": c["kind"], "per-stage C_h/C": "",
+        over = c["kind"] == "baseline" and c["baseline"].get("over_budget")
+        row = {"schedule": c["name"], "kind": "baseline (over budget: smallest config)" if over else c["kind"],
+               "per-stage C_h/C": "",
                "params (M)": c["params"] / 1e6, "GFLOPs": c["flops"] / 1e9,
                "img/s (inference)": _throughput(c, data.space.img_size),
                "proxy top-1": c.get("proxy_score"), "full top-1 mean": mean, "full top-1 std": std,
