@@ -89,6 +89,12 @@ class RampOptunaSearch(OptunaSearch):
             self._ot_study.tell(self._ot_trials.pop(trial_id), state=TrialState.PRUNED)
         return Searcher.FINISHED
 
+    def _finished(self, trial_id: str) -> bool:
+        """Whether Optuna already holds this trial's result: after Tuner.restore, Tune may rerun trials
+        from a checkpoint older than the study, and a finished Optuna trial cannot be written again."""
+        ot_trial = self._ot_trials[trial_id]
+        return self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished()
+
     def _record(self, trial_id: str, result: dict) -> None:
         history = self.history.setdefault(trial_id, [])
         if "top1" not in result or (history and history[-1]["epoch"] == result["training_iteration"]):
@@ -98,11 +104,14 @@ class RampOptunaSearch(OptunaSearch):
         self._ot_trials[trial_id].set_user_attr("history", history)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self._ot_trials or self._finished(trial_id):
+            return
         self._record(trial_id, result)
         super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials or self._finished(trial_id):
+            self._completed_trials.add(trial_id)
             return
         ot_trial = self._ot_trials[trial_id]
         if result:  # Tune hands the last epoch's result only to on_trial_complete
@@ -216,4 +225,9 @@ def run(space: SearchSpace, space_file: Path, run_dir: Path, options: SearchOpti
     finally:
         if started_here:
             ray.shutdown()
-    return optuna.load_study(study_name=options.study, storage=open_storage(run_dir, None))
+    study = optuna.load_study(study_name=options.study, storage=open_storage(run_dir, None))
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # the experiment is over, so a trial still RUNNING was left by a driver that was killed
+        study._storage.set_trial_user_attr(trial._trial_id, "error", "interrupted (the search process died)")
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+    return study
