@@ -118,6 +118,11 @@ class Architecture:
         """Heads of head_dim channels per block: the granularity of the ramp."""
         return tuple(w // self.head_dim for w in self.block_widths)
 
+    def build_kwargs(self) -> dict[str, Any]:
+        """The architecture as `build_iformer` / `estimate_flops` keywords."""
+        return {"depths": self.depths, "embed_dims": self.embed_dims, "head_dim": self.head_dim,
+                "mlp_ratio": self.mlp_ratio, "pool_sizes": self.pool_sizes}
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["depths"], data["embed_dims"], data["pool_sizes"] = (

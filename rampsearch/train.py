@@ -179,8 +179,7 @@ def _model_plan(cfg: TrainConfig) -> _ModelPlan:
     img_size = cfg.img_size or (VARIANTS[arch.variant].img_size if arch.variant else 224)
 
     def build(num_classes: int, drop_path: float) -> nn.Module:
-        return build_iformer(depths=arch.depths, embed_dims=arch.embed_dims, ramp=ramp, head_dim=arch.head_dim,
-                             mlp_ratio=arch.mlp_ratio, pool_sizes=arch.pool_sizes, img_size=img_size,
+        return build_iformer(**arch.build_kwargs(), ramp=ramp, img_size=img_size,
                              num_classes=num_classes, drop_path_rate=drop_path)
     return _ModelPlan(build, arch.variant, img_size,
                       {"architecture": arch.to_dict(), "ramp": list(ramp.ratios)})

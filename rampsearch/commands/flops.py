@@ -31,8 +31,7 @@ def _stage_of(param_name: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     arch, ramp, img_size = resolve_model_args(args)
-    model = build_iformer(depths=arch.depths, embed_dims=arch.embed_dims, ramp=ramp, head_dim=arch.head_dim,
-                          mlp_ratio=arch.mlp_ratio, pool_sizes=arch.pool_sizes, img_size=img_size,
+    model = build_iformer(**arch.build_kwargs(), ramp=ramp, img_size=img_size,
                           num_classes=args.num_classes)
     report = flop_report(model, img_size)
     estimate = flops_model(arch, img_size, args.num_classes)

@@ -34,7 +34,7 @@ def _seed_scores(data, name: str) -> list[float]:
     return rows["top1"].tolist()
 
 
-def _build(contender: dict[str, Any], img_size: int, num_classes: int):
+def build_contender(contender: dict[str, Any], img_size: int, num_classes: int):
     if contender["kind"] == "baseline":  # built for the data's image size, which the spec holds
         from ..baselines import BaselineSpec, build_baseline
 
@@ -43,16 +43,14 @@ def _build(contender: dict[str, Any], img_size: int, num_classes: int):
     from ..models import build_iformer
 
     arch = Architecture.from_dict(contender["architecture"])
-    return build_iformer(depths=arch.depths, embed_dims=arch.embed_dims, ramp=contender["ramp"],
-                         head_dim=arch.head_dim, mlp_ratio=arch.mlp_ratio, pool_sizes=arch.pool_sizes,
-                         img_size=img_size, num_classes=num_classes)
+    return build_iformer(**arch.build_kwargs(), ramp=contender["ramp"], img_size=img_size, num_classes=num_classes)
 
 
 def _throughput(contender: dict[str, Any], img_size: int, batch: int = 32, repeats: int = 3) -> float:
     """Inference images per second of the model on this machine (fp32, eval), median of repeats."""
     import torch
 
-    model = _build(contender, img_size, 10).eval()
+    model = build_contender(contender, img_size, 10).eval()
     x = torch.randn(batch, 3, img_size, img_size)
     times = []
     with torch.inference_mode():

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from ..architecture import Architecture
 from ..checkpoint import load_weights
 from ..config import load_recipe
 from ..data import build_datasets
-from ..models import build_iformer
 from .frequency import high_frequency_profile
+from .sections import build_contender
 
 
 def trained_profiles(data, n_images: int) -> dict[str, list[float]]:
@@ -22,10 +21,7 @@ def trained_profiles(data, n_images: int) -> dict[str, list[float]]:
         weights = data.run_dir / "retrain" / contender["name"] / "seed0" / "model.safetensors"
         if contender["kind"] != "ramp" or not weights.exists():
             continue
-        arch = Architecture.from_dict(contender["architecture"])
-        model = build_iformer(depths=arch.depths, embed_dims=arch.embed_dims, ramp=contender["ramp"],
-                              head_dim=arch.head_dim, mlp_ratio=arch.mlp_ratio, pool_sizes=arch.pool_sizes,
-                              img_size=space.img_size, num_classes=datasets.num_classes)
+        model = build_contender(contender, space.img_size, datasets.num_classes)
         load_weights(weights, model)
         profiles[contender["name"]] = high_frequency_profile(model, images)
     return profiles
