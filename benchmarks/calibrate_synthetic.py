@@ -33,8 +33,10 @@ from rampsearch.train import fit  # noqa: E402
 
 def ramps(arch: Architecture) -> dict[str, list[float]]:
     n = arch.num_blocks
+    early = arch.depths[0] + arch.depths[1]
     return {"hand-set": list(RampSchedule.handset(arch).ratios), "pure attention (all 0)": [0.0] * n,
-            "pure conv (all 1)": [1.0] * n}
+            "pure conv (all 1)": [1.0] * n,
+            "attention early (stages 1-2: 0, 3-4: 0.5)": [0.0] * early + [0.5] * (n - early)}
 
 
 @torch.no_grad()
@@ -60,7 +62,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="proxy")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--only", nargs="+", help="ramp names to run (default: all three)")
+    parser.add_argument("--only", nargs="+", help="ramps to run, by a word of their names (default: all)")
     parser.add_argument("--json", type=Path, help="also write every run's numbers here")
     args = parser.parse_args()
     if args.threads:

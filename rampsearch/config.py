@@ -97,6 +97,7 @@ class Recipe:
     synthetic_train_per_class: int
     synthetic_val_per_class: int
     synthetic_seed: int
+    synthetic_texture: str
     # execution
     amp: str
     channels_last: bool
@@ -203,6 +204,8 @@ def _checked(r: Recipe) -> Recipe:
         problems.append(f"data_fraction must be in (0, 1], got {r.data_fraction}")
     if not 0 < r.val_split < 1:
         problems.append(f"val_split must be in (0, 1), got {r.val_split}")
+    if r.synthetic_texture not in ("grating", "dot-lattice"):
+        problems.append(f"synthetic_texture must be grating or dot-lattice, got {r.synthetic_texture!r}")
     if r.amp not in ("auto", "bf16", "off"):
         problems.append(f"amp must be auto, bf16 or off, got {r.amp!r}")
     if (r.mixup > 0 or r.cutmix > 0) and r.batch_size % 2:

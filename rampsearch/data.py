@@ -16,6 +16,13 @@ between. How one image is made (sizes are fractions of the image side unless giv
    pixels, random phase, on a random colour, at a random contrast.
 4. Gaussian pixel noise of random strength.
 
+With `synthetic_texture: dot-lattice` step 3 changes: the disks are plain, and the high-frequency
+class is the orientation of a lattice of one-pixel dots over the whole image (5-6.5 px apart along
+the class orientation, rows 9-12 px apart, each dot jittered by up to +-0.5 px, 15% left out, dark
+dots on a light ground or light on dark), with weaker pixel noise. No single dot has an orientation:
+it lies only in how dots line up across several of the model's 4-px tokens. BENCHMARKS.md shows which
+ramps learn it (pure attention does; ramps with conv channels in stages 1-2 did not, within 8 epochs).
+
 Contrast, noise, colours and sizes vary widely, so images range from easy to hard and accuracy
 grows with training instead of jumping. How the ramps compare on it is measured, not assumed:
 benchmarks/calibrate_synthetic.py trains the hand-set, pure-attention and pure-conv ramps.
@@ -88,6 +95,14 @@ CONTRAST = (0.1, 0.45)  # grating amplitude on the blob colour
 GRADIENT = 0.4  # background gradient amplitude across the image, at most
 NOISE = (0.03, 0.18)  # pixel noise standard deviation
 _NUM_DRAWS = 18  # uniform draws per image, in the order used by _render
+# dot-lattice texture (pixels)
+LATTICE_SPACING_PX = (5.0, 6.5)  # dot spacing along the class orientation
+LATTICE_GAP_PX = (9.0, 12.0)  # spacing of the rows
+LATTICE_JITTER_PX = 1.0  # each dot moves up to +-half of it, either axis
+LATTICE_DROP = 0.15  # share of dots left out
+LATTICE_GAIN = 1.6  # a bilinearly splatted dot's peak is below 1; this brings most dots to full ink
+LATTICE_INK = (0.5, 1.0)  # dot opacity
+LATTICE_NOISE = (0.02, 0.1)  # lower than NOISE: the dots are a pixel or two wide
 
 
 class DataError(UserError):
@@ -121,36 +136,39 @@ def synthetic_datasets(recipe: Recipe, img_size: int) -> Datasets:
         raise DataError(f"synthetic-freq: img_size {img_size} is too small for its textures; use at least 16")
     classes = [f"layout{i}_orientation{j}" for i in range(low) for j in range(high)]
     per_split = {"train": recipe.synthetic_train_per_class, "val": recipe.synthetic_val_per_class}
-    made = {split: SyntheticImages(*synthetic_freq(low, high, count * len(classes), img_size,
-                                                   recipe.synthetic_seed, split), recipe.mean, recipe.std)
+    made = {split: SyntheticImages(*synthetic_freq(low, high, count * len(classes), img_size, recipe.synthetic_seed,
+                                                   split, recipe.synthetic_texture), recipe.mean, recipe.std)
             for split, count in per_split.items()}
     return Datasets(made["train"], made["val"], len(classes), classes)
 
 
 @lru_cache(maxsize=4)  # trials in one process share the set
 def synthetic_freq(low_classes: int, high_classes: int, count: int, img_size: int, seed: int,
-                   split: str) -> tuple[torch.Tensor, torch.Tensor]:
+                   split: str, texture: str = "grating") -> tuple[torch.Tensor, torch.Tensor]:
     """`count` images (uint8, N x 3 x img_size x img_size) and labels of one split; see the module doc."""
     split_id = {"train": 0, "val": 1}[split]
     labels = np.arange(count) % (low_classes * high_classes)
-    draws = np.empty((count, _NUM_DRAWS), np.float32)
+    lattice = texture == "dot-lattice"
+    extra = 2 + 3 * _lattice_points(img_size) if lattice else 0  # origin, then jitter x, y and drop per dot
+    draws = np.empty((count, _NUM_DRAWS + extra), np.float32)
     noise = np.empty((count, 3, img_size, img_size), np.float32)
     for i in range(count):
         rng = np.random.default_rng([seed, split_id, i])
-        draws[i] = rng.random(_NUM_DRAWS, dtype=np.float32)
+        draws[i, :_NUM_DRAWS] = rng.random(_NUM_DRAWS, dtype=np.float32)
         noise[i] = rng.standard_normal((3, img_size, img_size), dtype=np.float32)
+        draws[i, _NUM_DRAWS:] = rng.random(extra, dtype=np.float32)  # after the grating's draws: they stay put
     images = torch.empty((count, 3, img_size, img_size), dtype=torch.uint8)
     chunk = 512  # bounds the N x blobs x H x W temporaries
     for start in range(0, count, chunk):
         part = slice(start, start + chunk)
         images[part] = _render(torch.from_numpy(draws[part]), torch.from_numpy(labels[part]),
-                               torch.from_numpy(noise[part]), high_classes, img_size)
+                               torch.from_numpy(noise[part]), high_classes, img_size, lattice)
     return images, torch.from_numpy(labels)
 
 
 def _render(u: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, high_classes: int,
-            size: int) -> torch.Tensor:
-    """Images from per-image uniform draws `u` (N x _NUM_DRAWS) and unit noise (N x 3 x H x W, reused)."""
+            size: int, lattice: bool) -> torch.Tensor:
+    """Images from per-image uniform draws `u` (N x draws) and unit noise (N x 3 x H x W, reused)."""
     n = len(u)
 
     def draw(column: int, bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
@@ -163,25 +181,41 @@ def _render(u: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, high_cla
     direction = draw(3) * 2 * math.pi
     gradient = (direction.cos() * x + direction.sin() * y) * draw(4, (0, GRADIENT))  # N x 1 x H x W
     background = 0.1 + 0.8 * u[:, 0:3].view(n, 3, 1, 1)
-    image = noise.mul_(draw(17, NOISE)).add_(background).add_(gradient)
+    image = noise.mul_(draw(17, LATTICE_NOISE if lattice else NOISE)).add_(background).add_(gradient)
 
     theta = orientation.view(n, 1, 1, 1) * (math.pi / high_classes) + \
         (draw(10) - 0.5) * math.radians(ORIENTATION_JITTER_DEG)
-    along = theta.cos() * x + theta.sin() * y
-    grating = torch.sin(along * (2 * math.pi * size) / draw(11, PERIOD_PX) + draw(12) * 2 * math.pi)
     colour = 0.1 + 0.8 * u[:, 14:17].view(n, 3, 1, 1)
-    # inside a blob: its colour plus the grating, without the background's gradient
-    inside = colour - background + grating.mul_(draw(13, CONTRAST)).sub_(gradient)
+    # inside a blob: its colour, without the background's gradient
+    inside = colour - background - gradient
+    if lattice:
+        image.addcmul_(_layout_mask(u, layout, x, y, size), inside)
+        spacing, gap = draw(11, LATTICE_SPACING_PX).view(n, 1), draw(12, LATTICE_GAP_PX).view(n, 1)
+        dots = _lattice_dots(theta.view(n, 1), spacing, gap, u[:, _NUM_DRAWS:], size).mul_(draw(13, LATTICE_INK))
+        ink = (background.mean(1, keepdim=True) < 0.5).float()  # light dots on a dark ground, dark on light
+        image.mul_(1 - dots).add_(dots * ink)
+    else:
+        along = theta.cos() * x + theta.sin() * y
+        grating = torch.sin(along * (2 * math.pi * size) / draw(11, PERIOD_PX) + draw(12) * 2 * math.pi)
+        image.addcmul_(_layout_mask(u, layout, x, y, size), inside.add_(grating.mul_(draw(13, CONTRAST))))
+    return image.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
 
+
+def _layout_mask(u: torch.Tensor, layout: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
+                 size: int) -> torch.Tensor:
+    """N x 1 x H x W soft mask of each image's blobs: its layout class's template, spread, rotated, shifted."""
+    n = len(u)
     slots = max(len(t) for t in LAYOUTS)  # blob slots; a layout with fewer blobs leaves some empty
     template = torch.zeros(len(LAYOUTS), slots, 2)
     present = torch.zeros(len(LAYOUTS), slots)
     for k, points in enumerate(LAYOUTS):
         template[k, :len(points)] = torch.tensor(points)
         present[k, :len(points)] = 1
-    angle = (draw(8) - 0.5) * math.radians(ROTATION_DEG)
-    spread, radius = draw(7, SPREAD), draw(9, RADIUS)
-    cx, cy = (draw(5) - 0.5) * SHIFT, (draw(6) - 0.5) * SHIFT
+    column = u.view(n, -1, 1, 1)
+    angle = (column[:, 8:9] - 0.5) * math.radians(ROTATION_DEG)
+    spread = SPREAD[0] + column[:, 7:8] * (SPREAD[1] - SPREAD[0])
+    radius = RADIUS[0] + column[:, 9:10] * (RADIUS[1] - RADIUS[0])
+    cx, cy = (column[:, 5:6] - 0.5) * SHIFT, (column[:, 6:7] - 0.5) * SHIFT
     mask = torch.zeros(n, 1, size, size)
     for slot in range(slots):
         ox, oy = template[layout, slot, 0].view(n, 1, 1, 1), template[layout, slot, 1].view(n, 1, 1, 1)
@@ -189,8 +223,44 @@ def _render(u: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, high_cla
         by = cy + (ox * angle.sin() + oy * angle.cos()) * spread
         disk = ((x - bx) ** 2 + (y - by) ** 2).sqrt_().sub_(radius).mul_(-size / EDGE_PX).sigmoid_()
         mask = torch.maximum(mask, disk.mul_(present[layout, slot].view(n, 1, 1, 1)))
-    image.addcmul_(mask, inside)
-    return image.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
+    return mask
+
+
+def _lattice_extent(size: int) -> tuple[int, int]:
+    """Dots along and rows across (each way from the centre) that cover a size x size image at any angle."""
+    return math.ceil(0.75 * size / LATTICE_SPACING_PX[0]) + 1, math.ceil(0.75 * size / LATTICE_GAP_PX[0]) + 1
+
+
+def _lattice_points(size: int) -> int:
+    along, across = _lattice_extent(size)
+    return (2 * along + 1) * (2 * across + 1)
+
+
+def _lattice_dots(theta: torch.Tensor, spacing: torch.Tensor, gap: torch.Tensor, extra: torch.Tensor,
+                  size: int) -> torch.Tensor:
+    """N x 1 x H x W ink (0..1) of a jittered dot lattice: dots `spacing` px apart along theta, rows `gap` apart.
+
+    `extra` holds per image the lattice's origin (2 draws) and, per dot, jitter x, jitter y and a drop draw.
+    """
+    n = len(theta)
+    along, across = _lattice_extent(size)
+    i, j = torch.meshgrid(torch.arange(-along, along + 1.0), torch.arange(-across, across + 1.0), indexing="ij")
+    per_dot = extra[:, 2:].view(n, -1, 3)
+    a = (i.reshape(1, -1) + extra[:, 0:1] - 0.5) * spacing
+    b = (j.reshape(1, -1) + extra[:, 1:2] - 0.5) * gap
+    xs = size / 2 + a * theta.cos() - b * theta.sin() + (per_dot[..., 0] - 0.5) * LATTICE_JITTER_PX
+    ys = size / 2 + a * theta.sin() + b * theta.cos() + (per_dot[..., 1] - 0.5) * LATTICE_JITTER_PX
+    weight = (per_dot[..., 2] >= LATTICE_DROP).float()
+    canvas = torch.zeros(n, size * size)
+    x0, y0 = xs.floor(), ys.floor()
+    for dx in (0, 1):  # bilinear splat: sub-pixel positions, so the lattice's angle is not snapped to the grid
+        for dy in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            share = (1 - (xs - xi).abs()) * (1 - (ys - yi).abs()) * weight
+            inside = (xi >= 0) & (xi < size) & (yi >= 0) & (yi < size)
+            index = (yi.clamp(0, size - 1) * size + xi.clamp(0, size - 1)).long()
+            canvas.scatter_add_(1, index, share * inside)
+    return canvas.mul_(LATTICE_GAIN).clamp_(0, 1).view(n, 1, size, size)
 
 
 class SyntheticImages(Dataset):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rampsearch.config import load_recipe
+from rampsearch.config import ConfigError, load_recipe
 from rampsearch.data import DataError, build_datasets, synthetic_freq
 
 
@@ -42,6 +42,29 @@ def test_synthetic_datasets_normalize_and_count():
     image, label = data.train[3]
     assert image.dtype == torch.float32 and image.shape == (3, 32, 32) and label == 3
     assert -3 < image.mean() < 3
+
+
+def test_dot_lattice_is_deterministic_and_its_rows_follow_the_class_orientation():
+    images, labels = synthetic_freq(1, 2, 40, 64, 3, "train", "dot-lattice")  # orientations 0 and 90 degrees
+    assert torch.equal(synthetic_freq(1, 2, 60, 64, 3, "train", "dot-lattice")[0][:40], images)
+    assert not torch.equal(synthetic_freq(1, 2, 40, 64, 3, "train")[0], images)  # not the grating
+
+    def correlation(shift: tuple[int, int]) -> torch.Tensor:
+        """Per image: mean product of the centred image with itself moved by `shift` (pixels)."""
+        x = images.float().mean(1)
+        x = x - x.mean((1, 2), keepdim=True)
+        return (x * torch.roll(x, shift, dims=(1, 2))).mean((1, 2))
+
+    # dots are 5-6.5 px apart along the rows: the image matches itself one dot along a row, not across it
+    along_x = torch.stack([correlation((0, d)) for d in (5, 6)]).amax(0)
+    along_y = torch.stack([correlation((d, 0)) for d in (5, 6)]).amax(0)
+    horizontal = along_x > along_y
+    assert horizontal[labels == 0].float().mean() > 0.75 and horizontal[labels == 1].float().mean() < 0.25
+
+
+def test_bad_synthetic_texture_is_named():
+    with pytest.raises(ConfigError, match="synthetic_texture must be grating or dot-lattice"):
+        recipe(synthetic_texture="stripes")
 
 
 @pytest.mark.parametrize("overrides", [{"synthetic_low_classes": 9}, {"synthetic_high_classes": 0}])
