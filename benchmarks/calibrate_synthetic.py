@@ -1,13 +1,15 @@
 """Does synthetic-freq reward a mixed ramp? Hand-set vs pure-attention vs pure-conv, several seeds.
 
 Trains the demo proxy (iFormer-nano, 64 px, synthetic-freq, proxy recipe) once per ramp and seed
-through `rampsearch.train.fit` and prints a markdown table: top-1 mean ± std over seeds, the
-per-seed values, how often each cue alone is right (the low-frequency class: pair direction and
-same/different colour; the high-frequency class: grating orientation; chance is 1/4 each with the
-default 4 x 4 classes) and the seconds per trial.
+through `rampsearch.train.fit`: the hand-set ramp, pure attention, pure conv, and a mixed ramp the
+other way round (pure attention in stages 1-2, half conv in stages 3-4). Prints a markdown table:
+top-1 mean ± std over seeds, the per-seed values, how often each cue alone is right (the
+low-frequency class: the layout; the high-frequency class: the texture's orientation; chance is 1/4
+each with the default 4 x 4 classes) and the seconds per trial.
 
     python benchmarks/calibrate_synthetic.py                 # 3 seeds, the proxy recipe as shipped
     python benchmarks/calibrate_synthetic.py --seeds 0 1 2 3 4 --set epochs=4 --threads 1
+    python benchmarks/calibrate_synthetic.py --set epochs=16 --set synthetic_texture=dot-lattice
 """
 from __future__ import annotations
 

@@ -16,19 +16,16 @@ between. How one image is made (sizes are fractions of the image side unless giv
    pixels, random phase, on a random colour, at a random contrast.
 4. Gaussian pixel noise of random strength.
 
-With `synthetic_texture: dot-lattice` step 3 changes: the disks are plain, and the high-frequency
-class is the orientation of a lattice of one-pixel dots over the whole image (5-6.5 px apart along
-the class orientation, rows 9-12 px apart, each dot jittered by up to +-0.5 px, 15% left out, dark
-dots on a light ground or light on dark), with weaker pixel noise. No single dot has an orientation:
-it lies only in how dots line up across several of the model's 4-px tokens. BENCHMARKS.md shows which
-ramps learn it (pure attention does; ramps with conv channels in stages 1-2 did not, within 8 epochs).
-
-Contrast, noise, colours and sizes vary widely, so images range from easy to hard and accuracy
-grows with training instead of jumping. How the ramps compare on it is measured, not assumed:
-benchmarks/calibrate_synthetic.py trains the hand-set, pure-attention and pure-conv ramps.
+With `synthetic_texture: dot-lattice` step 3 changes: the disks are plain (a little lighter or
+darker than the ground), and the high-frequency class is the orientation of a lattice of one-pixel
+dots over the whole image (5-6.5 px apart along the class orientation, rows 9-12 px apart, each dot
+jittered by up to +-0.5 px, 15% left out, dark dots on a light ground or light on dark, slightly
+tinted), with weaker pixel noise over everything. No single dot has an orientation: it lies only in
+how dots line up across several of the model's 4-px tokens. It is much harder than the grating:
+see BENCHMARKS.md for which ramps learned it in 8 and 16 epochs.
 
 All random values of image i come from numpy's generator seeded with (seed, split, i), so an image
-depends only on (seed, split, index, resolution, class counts) and not on how many are made.
+depends only on (seed, split, index, resolution, class counts, texture) and not on how many are made.
 Labels cycle through the classes (balanced). The set is generated once per process and cached
 in memory as uint8 (a few thousand 64x64 images per second).
 
@@ -102,7 +99,11 @@ LATTICE_JITTER_PX = 1.0  # each dot moves up to +-half of it, either axis
 LATTICE_DROP = 0.15  # share of dots left out
 LATTICE_GAIN = 1.6  # a bilinearly splatted dot's peak is below 1; this brings most dots to full ink
 LATTICE_INK = (0.5, 1.0)  # dot opacity
+LATTICE_TINT = 0.3  # dots are black or white, each channel moved by up to +-half of it
+LATTICE_DISK_CONTRAST = (0.15, 0.5)  # the disks' offset from the ground colour
 LATTICE_NOISE = (0.02, 0.1)  # lower than NOISE: the dots are a pixel or two wide
+# per image: lattice origin (2), disk sign and contrast (2), ink tint (3); then x, y jitter and drop per dot
+_LATTICE_IMAGE_DRAWS = 7
 
 
 class DataError(UserError):
@@ -149,7 +150,7 @@ def synthetic_freq(low_classes: int, high_classes: int, count: int, img_size: in
     split_id = {"train": 0, "val": 1}[split]
     labels = np.arange(count) % (low_classes * high_classes)
     lattice = texture == "dot-lattice"
-    extra = 2 + 3 * _lattice_points(img_size) if lattice else 0  # origin, then jitter x, y and drop per dot
+    extra = _LATTICE_IMAGE_DRAWS + 3 * _lattice_points(img_size) if lattice else 0
     draws = np.empty((count, _NUM_DRAWS + extra), np.float32)
     noise = np.empty((count, 3, img_size, img_size), np.float32)
     for i in range(count):
@@ -181,23 +182,29 @@ def _render(u: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, high_cla
     direction = draw(3) * 2 * math.pi
     gradient = (direction.cos() * x + direction.sin() * y) * draw(4, (0, GRADIENT))  # N x 1 x H x W
     background = 0.1 + 0.8 * u[:, 0:3].view(n, 3, 1, 1)
-    image = noise.mul_(draw(17, LATTICE_NOISE if lattice else NOISE)).add_(background).add_(gradient)
-
+    mask = _layout_mask(u, layout, x, y, size)
     theta = orientation.view(n, 1, 1, 1) * (math.pi / high_classes) + \
         (draw(10) - 0.5) * math.radians(ORIENTATION_JITTER_DEG)
-    colour = 0.1 + 0.8 * u[:, 14:17].view(n, 3, 1, 1)
-    # inside a blob: its colour, without the background's gradient
-    inside = colour - background - gradient
     if lattice:
-        image.addcmul_(_layout_mask(u, layout, x, y, size), inside)
+        # plain disks a little lighter or darker than the ground, dots over everything, noise over that
+        extra = u[:, _NUM_DRAWS:]  # see synthetic_freq
+        sign = torch.where(extra[:, 2] < 0.5, -1.0, 1.0).view(n, 1, 1, 1)
+        strength = LATTICE_DISK_CONTRAST[0] + extra[:, 3].view(n, 1, 1, 1) * (
+            LATTICE_DISK_CONTRAST[1] - LATTICE_DISK_CONTRAST[0])
+        image = (background + gradient).addcmul_(mask, sign * strength * (0.3 + 0.7 * u[:, 14:17].view(n, 3, 1, 1)))
         spacing, gap = draw(11, LATTICE_SPACING_PX).view(n, 1), draw(12, LATTICE_GAP_PX).view(n, 1)
-        dots = _lattice_dots(theta.view(n, 1), spacing, gap, u[:, _NUM_DRAWS:], size).mul_(draw(13, LATTICE_INK))
-        ink = (background.mean(1, keepdim=True) < 0.5).float()  # light dots on a dark ground, dark on light
-        image.mul_(1 - dots).add_(dots * ink)
+        dots = _lattice_dots(theta.view(n, 1), spacing, gap, extra[:, 0:2], extra[:, _LATTICE_IMAGE_DRAWS:], size)
+        dots.mul_(draw(13, LATTICE_INK))
+        # light dots on a dark ground, dark on light, slightly tinted
+        ink = (background.mean(1, keepdim=True) < 0.5).float() + (extra[:, 4:7].view(n, 3, 1, 1) - 0.5) * LATTICE_TINT
+        image.mul_(1 - dots).addcmul_(dots, ink).add_(noise.mul_(draw(17, LATTICE_NOISE)))
     else:
+        image = noise.mul_(draw(17, NOISE)).add_(background).add_(gradient)
         along = theta.cos() * x + theta.sin() * y
         grating = torch.sin(along * (2 * math.pi * size) / draw(11, PERIOD_PX) + draw(12) * 2 * math.pi)
-        image.addcmul_(_layout_mask(u, layout, x, y, size), inside.add_(grating.mul_(draw(13, CONTRAST))))
+        colour = 0.1 + 0.8 * u[:, 14:17].view(n, 3, 1, 1)
+        # inside a blob: its colour plus the grating, without the background's gradient
+        image.addcmul_(mask, (colour - background - gradient).add_(grating.mul_(draw(13, CONTRAST))))
     return image.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
 
 
@@ -236,18 +243,19 @@ def _lattice_points(size: int) -> int:
     return (2 * along + 1) * (2 * across + 1)
 
 
-def _lattice_dots(theta: torch.Tensor, spacing: torch.Tensor, gap: torch.Tensor, extra: torch.Tensor,
-                  size: int) -> torch.Tensor:
+def _lattice_dots(theta: torch.Tensor, spacing: torch.Tensor, gap: torch.Tensor, origin: torch.Tensor,
+                  per_dot: torch.Tensor, size: int) -> torch.Tensor:
     """N x 1 x H x W ink (0..1) of a jittered dot lattice: dots `spacing` px apart along theta, rows `gap` apart.
 
-    `extra` holds per image the lattice's origin (2 draws) and, per dot, jitter x, jitter y and a drop draw.
+    `origin` (N x 2) shifts the lattice by a fraction of a cell; `per_dot` (N x dots*3) holds each
+    dot's x and y jitter and its drop draw.
     """
     n = len(theta)
     along, across = _lattice_extent(size)
     i, j = torch.meshgrid(torch.arange(-along, along + 1.0), torch.arange(-across, across + 1.0), indexing="ij")
-    per_dot = extra[:, 2:].view(n, -1, 3)
-    a = (i.reshape(1, -1) + extra[:, 0:1] - 0.5) * spacing
-    b = (j.reshape(1, -1) + extra[:, 1:2] - 0.5) * gap
+    per_dot = per_dot.view(n, -1, 3)
+    a = (i.reshape(1, -1) + origin[:, 0:1] - 0.5) * spacing
+    b = (j.reshape(1, -1) + origin[:, 1:2] - 0.5) * gap
     xs = size / 2 + a * theta.cos() - b * theta.sin() + (per_dot[..., 0] - 0.5) * LATTICE_JITTER_PX
     ys = size / 2 + a * theta.sin() + b * theta.cos() + (per_dot[..., 1] - 0.5) * LATTICE_JITTER_PX
     weight = (per_dot[..., 2] >= LATTICE_DROP).float()
