@@ -50,7 +50,7 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Sequence
 
@@ -171,10 +171,7 @@ def _render(u: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, high_cla
             size: int, lattice: bool) -> torch.Tensor:
     """Images from per-image uniform draws `u` (N x draws) and unit noise (N x 3 x H x W, reused)."""
     n = len(u)
-
-    def draw(column: int, bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
-        return (bounds[0] + u[:, column] * (bounds[1] - bounds[0])).view(n, 1, 1, 1)
-
+    draw = partial(_uniform, u)
     layout, orientation = labels // high_classes, labels % high_classes
     axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size - 0.5
     y, x = axis.view(1, 1, size, 1), axis.view(1, 1, 1, size)
@@ -189,8 +186,7 @@ def _render(u: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, high_cla
         # plain disks a little lighter or darker than the ground, dots over everything, noise over that
         extra = u[:, _NUM_DRAWS:]  # see synthetic_freq
         sign = torch.where(extra[:, 2] < 0.5, -1.0, 1.0).view(n, 1, 1, 1)
-        strength = LATTICE_DISK_CONTRAST[0] + extra[:, 3].view(n, 1, 1, 1) * (
-            LATTICE_DISK_CONTRAST[1] - LATTICE_DISK_CONTRAST[0])
+        strength = draw(_NUM_DRAWS + 3, LATTICE_DISK_CONTRAST)
         image = (background + gradient).addcmul_(mask, sign * strength * (0.3 + 0.7 * u[:, 14:17].view(n, 3, 1, 1)))
         spacing, gap = draw(11, LATTICE_SPACING_PX).view(n, 1), draw(12, LATTICE_GAP_PX).view(n, 1)
         dots = _lattice_dots(theta.view(n, 1), spacing, gap, extra[:, 0:2], extra[:, _LATTICE_IMAGE_DRAWS:], size)
@@ -208,6 +204,11 @@ def _render(u: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, high_cla
     return image.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
 
 
+def _uniform(u: torch.Tensor, column: int, bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """Column `column` of the per-image draws, mapped to [low, high], as N x 1 x 1 x 1."""
+    return (bounds[0] + u[:, column] * (bounds[1] - bounds[0])).view(-1, 1, 1, 1)
+
+
 def _layout_mask(u: torch.Tensor, layout: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
                  size: int) -> torch.Tensor:
     """N x 1 x H x W soft mask of each image's blobs: its layout class's template, spread, rotated, shifted."""
@@ -218,11 +219,9 @@ def _layout_mask(u: torch.Tensor, layout: torch.Tensor, x: torch.Tensor, y: torc
     for k, points in enumerate(LAYOUTS):
         template[k, :len(points)] = torch.tensor(points)
         present[k, :len(points)] = 1
-    column = u.view(n, -1, 1, 1)
-    angle = (column[:, 8:9] - 0.5) * math.radians(ROTATION_DEG)
-    spread = SPREAD[0] + column[:, 7:8] * (SPREAD[1] - SPREAD[0])
-    radius = RADIUS[0] + column[:, 9:10] * (RADIUS[1] - RADIUS[0])
-    cx, cy = (column[:, 5:6] - 0.5) * SHIFT, (column[:, 6:7] - 0.5) * SHIFT
+    angle = (_uniform(u, 8) - 0.5) * math.radians(ROTATION_DEG)
+    spread, radius = _uniform(u, 7, SPREAD), _uniform(u, 9, RADIUS)
+    cx, cy = (_uniform(u, 5) - 0.5) * SHIFT, (_uniform(u, 6) - 0.5) * SHIFT
     mask = torch.zeros(n, 1, size, size)
     for slot in range(slots):
         ox, oy = template[layout, slot, 0].view(n, 1, 1, 1), template[layout, slot, 1].view(n, 1, 1, 1)
