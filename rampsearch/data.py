@@ -362,7 +362,8 @@ def _scan_classes(split_root: Path, strict: bool, allowed: set[str] | None = Non
         if allowed is not None and d.name not in allowed:
             raise DataError(f"{d}: class {d.name!r} is not among the train classes; labels would not match")
         candidates[d.name] = sorted((Path(r) / f for r, _, fs in os.walk(d, followlinks=True) for f in fs
-                                     if os.path.splitext(f)[1].lower() in extensions), key=lambda p: natural_key(str(p)))
+                                     if os.path.splitext(f)[1].lower() in extensions),
+                                    key=lambda p: natural_key(str(p)))
         if not candidates[d.name]:
             raise DataError(f"class folder {d} holds no image files ({', '.join(sorted(extensions))})")
     every = [p for paths in candidates.values() for p in paths]

@@ -57,7 +57,8 @@ def test_load_space_file_errors(tmp_path):
 
 def test_budget_that_excludes_everything_stops_with_the_range():
     space = parse_space({**NANO, "budget": {"gflops": 0.05}}, source="tight.yaml")
-    with pytest.raises(SpaceError, match=r"budget.gflops=0.05 excludes every candidate: this space spans 0.08977-0.09926"):
+    with pytest.raises(SpaceError,
+                       match=r"budget.gflops=0.05 excludes every candidate: this space spans 0.08977-0.09926"):
         check_budget(space)
     _, _, warning = check_budget(parse_space({**NANO, "budget": {"gflops": 1.0}}))
     assert "excludes nothing" in warning

@@ -11,7 +11,8 @@ from .common import print_json
 def add_retrain_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top", type=int, help="retrain the best K distinct within-budget schedules "
                                                 "(default: the space's retrain.top, else 1)")
-    parser.add_argument("--seeds", type=int, help="seeds per schedule, the same for all (default: retrain.seeds, else 3)")
+    parser.add_argument("--seeds", type=int,
+                        help="seeds per schedule, the same for all (default: retrain.seeds, else 3)")
     parser.add_argument("--recipe", help="paper | proxy | a recipe YAML (default: retrain.recipe, else paper)")
     parser.add_argument("--epochs", type=int, help="epochs (default: retrain.epochs, else the recipe's)")
     parser.add_argument("--baselines", action="store_true",

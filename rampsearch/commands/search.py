@@ -14,14 +14,16 @@ from .common import print_json
 
 def add_search_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("space", metavar="SPACE.yaml", help="search space (see search_spaces/README.md)")
-    parser.add_argument("--trials", type=int, help="trained trials (default: the space's search.trials); "
-                                                   "over-budget candidates are rejected before training and not counted")
+    parser.add_argument("--trials", type=int,
+                        help="trained trials (default: the space's search.trials); over-budget candidates "
+                             "are rejected before training and not counted")
     parser.add_argument("--backend", choices=["optuna", "ray"], default="optuna",
                         help="optuna: embedded, no server (default); ray: Ray Tune across workers and machines")
     parser.add_argument("--study", help="study name (default: the space's name); several processes or machines "
                                         "with the same --study and --storage share one study")
-    parser.add_argument("--storage", metavar="URL", help="RDB storage shared by several machines, e.g. "
-                                                         "postgresql://user:pass@host/db (default: a journal file in --out)")
+    parser.add_argument("--storage", metavar="URL",
+                        help="RDB storage shared by several machines, e.g. postgresql://user:pass@host/db "
+                             "(default: a journal file in --out)")
     parser.add_argument("--out", metavar="DIR", help="run directory (default: runs/SPACE_NAME); rerunning the "
                                                      "same command continues the study there")
     parser.add_argument("--workers", type=int, default=1, help="optuna: processes on this machine (default 1)")

@@ -51,11 +51,13 @@ class Document:
         path = self.out_dir / f"{name}.csv"
         frame.to_csv(path, index=False)
         self.tables.append(path)
-        shown = frame.map(lambda v: ("" if v != v else format(v, floatfmt)) if isinstance(v, float) else v)  # NaN: blank
+        # NaN shows as a blank cell
+        shown = frame.map(lambda v: ("" if v != v else format(v, floatfmt)) if isinstance(v, float) else v)
         self.html.append(shown.to_html(index=False, escape=True, border=0))
         header = "| " + " | ".join(map(str, shown.columns)) + " |"
         rule = "|" + "|".join("---" for _ in shown.columns) + "|"
-        rows = ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in shown.itertuples(index=False)]
+        rows = ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |"
+                for row in shown.itertuples(index=False)]
         self.md.append("\n".join([header, rule, *rows]) + f"\n\n(table: `{path.name}`)\n")
 
     def figure(self, fig, name: str, caption: str) -> None:

@@ -111,8 +111,8 @@ def _verdict(data, handset: list[float]) -> str:
         word = "not significantly different from"
     ci = "no interval with one seed" if math.isinf(cmp.ci_low) else f"95% CI [{cmp.ci_low:+.2f}, {cmp.ci_high:+.2f}]"
     return (f"Verdict: the searched ramp is {word} the hand-set ramp: top-1 {cmp.mean_a:.2f} ± {cmp.std_a:.2f}% vs "
-            f"{cmp.mean_b:.2f} ± {cmp.std_b:.2f}% (Δ {cmp.difference:+.2f} points, {ci}, {cmp.test} p={cmp.p_value:.3g}, "
-            f"{cmp.n} seeds) at {gf_best:.4g} vs {gf_hand:.4g} GFLOPs.")
+            f"{cmp.mean_b:.2f} ± {cmp.std_b:.2f}% (Δ {cmp.difference:+.2f} points, {ci}, "
+            f"{cmp.test} p={cmp.p_value:.3g}, {cmp.n} seeds) at {gf_best:.4g} vs {gf_hand:.4g} GFLOPs.")
 
 
 def ramp_section(doc, data) -> None:
@@ -205,13 +205,15 @@ def proxy_fidelity_section(doc, data) -> None:
     for c in _ramp_contenders(data):
         scores = _seed_scores(data, c["name"])
         if c.get("proxy_score") is not None and scores:
-            rows.append({"schedule": c["name"], "proxy top-1": c["proxy_score"], "full top-1 mean": float(np.mean(scores))})
+            rows.append({"schedule": c["name"], "proxy top-1": c["proxy_score"],
+                         "full top-1 mean": float(np.mean(scores))})
     frame = pd.DataFrame(rows)
     if len(frame) < 2:
         doc.paragraph("Fewer than two retrained schedules have a proxy score: no ranking to compare.")
         return
     tau, p = kendall_tau(frame["proxy top-1"], frame["full top-1 mean"])
-    note = " With two schedules τ is ±1 by construction; retrain more (--top K) for a real test." if len(frame) == 2 else ""
+    note = (" With two schedules τ is ±1 by construction; retrain more (--top K) for a real test."
+            if len(frame) == 2 else "")
     doc.paragraph(f"Kendall τ between proxy and full-retraining scores over {len(frame)} schedules: "
                   f"{tau:+.2f} (p={p:.3g}).{note}")
     doc.table(frame, "proxy_fidelity")
@@ -219,7 +221,8 @@ def proxy_fidelity_section(doc, data) -> None:
     ax.scatter(frame["proxy top-1"], frame["full top-1 mean"])
     for _, row in frame.iterrows():
         ax.annotate(row["schedule"], (row["proxy top-1"], row["full top-1 mean"]))
-    ax.set(xlabel="proxy top-1 (%)", ylabel="full retraining top-1 (%)", title="Does the proxy rank like full training?")
+    ax.set(xlabel="proxy top-1 (%)", ylabel="full retraining top-1 (%)",
+           title="Does the proxy rank like full training?")
     doc.figure(fig, "proxy_fidelity", "Proxy score vs full-retraining score per schedule.")
 
 
@@ -281,7 +284,8 @@ def metadata_section(doc, data, extra: dict[str, Any]) -> None:
         "search space": data.space.source, "study": search.get("study"), "storage": search.get("storage"),
         "backend": search.get("backend"), "search started": search.get("started"),
         "search seconds": search.get("seconds"), "sampler seed": data.space.search["seed"],
-        "retraining": data.plan["settings"], "retraining seconds (sum over runs)": round(data.results["seconds"].sum(), 1),
+        "retraining": data.plan["settings"],
+        "retraining seconds (sum over runs)": round(data.results["seconds"].sum(), 1),
         "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, {_gpu()}", "python": platform.python_version(),
         **{f"version {k}": v for k, v in versions.items()}, **extra,
     }
