@@ -3,9 +3,10 @@
 Trains the demo proxy (iFormer-nano, 64 px, synthetic-freq, proxy recipe) once per ramp and seed
 through `rampsearch.train.fit`: the hand-set ramp, pure attention, pure conv, and a mixed ramp the
 other way round (pure attention in stages 1-2, half conv in stages 3-4). Prints a markdown table:
-top-1 mean ± std over seeds, the per-seed values, how often each cue alone is right (the
-low-frequency class: the layout; the high-frequency class: the texture's orientation; chance is 1/4
-each with the default 4 x 4 classes) and the seconds per trial.
+top-1 mean ± std over seeds, the per-seed values, the difference to the hand-set ramp with its 95%
+confidence interval and p-value (paired t-test over seeds, as the comparison report does), how often
+each cue alone is right (the low-frequency class: the layout; the high-frequency class: the
+texture's orientation; chance is 1/4 each with the default 4 x 4 classes) and the seconds per trial.
 
     python benchmarks/calibrate_synthetic.py                 # 3 seeds, the proxy recipe as shipped
     python benchmarks/calibrate_synthetic.py --seeds 0 1 2 3 4 --set epochs=4 --threads 1
@@ -30,6 +31,7 @@ from rampsearch.config import TrainConfig, load_recipe, parse_set  # noqa: E402
 from rampsearch.data import build_datasets  # noqa: E402
 from rampsearch.models import build_iformer  # noqa: E402
 from rampsearch.ramp import RampSchedule  # noqa: E402
+from rampsearch.report.stats import compare  # noqa: E402
 from rampsearch.train import fit  # noqa: E402
 
 
@@ -56,6 +58,14 @@ def cue_accuracy(out: Path, config: TrainConfig, high_classes: int) -> tuple[flo
             (predicted % high_classes == labels % high_classes).float().mean().item() * 100)
 
 
+def versus_handset(top1: list[float], handset: list[float] | None) -> str:
+    """'Δ [low, high], p=…' of this ramp minus the hand-set ramp, paired by seed; blank without a hand-set run."""
+    if handset is None:
+        return ""
+    c = compare(top1, handset, paired=True)
+    return f"{c.difference:+.1f} [{c.ci_low:+.1f}, {c.ci_high:+.1f}], p={c.p_value:.2g}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", default="nano")
@@ -71,7 +81,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     overrides = parse_set(args.overrides)
     high = load_recipe(args.recipe, overrides).synthetic_high_classes
-    rows, runs = [], []
+    rows, runs, handset = [], [], None
     for name, ramp in ramps(Architecture.resolve(args.variant)).items():
         if args.only and not any(o in name for o in args.only):
             continue
@@ -88,14 +98,16 @@ def main() -> None:
         runs += results
         top1 = [r["top1"] for r in results]
         rows.append(f"| {name} | {statistics.mean(top1):.1f} ± {statistics.stdev(top1) if len(top1) > 1 else 0:.1f} "
-                    f"| {' / '.join(f'{t:.1f}' for t in top1)} "
+                    f"| {' / '.join(f'{t:.1f}' for t in top1)} | {versus_handset(top1, handset)} "
                     f"| {statistics.mean(r['low'] for r in results):.1f} "
                     f"| {statistics.mean(r['high'] for r in results):.1f} "
                     f"| {statistics.mean(r['seconds'] for r in results):.1f} |")
+        if name == "hand-set":  # the ramps after it are compared with it
+            handset = top1
     print(f"{args.variant} @ {args.img_size} px, recipe {args.recipe} {overrides or ''}, seeds {args.seeds}\n")
-    print("| ramp | top-1 % (mean ± std) | per seed | low-freq class right % | high-freq class right % "
-          "| s / trial |")
-    print("|---|---|---|---|---|---|")
+    print("| ramp | top-1 % (mean ± std) | per seed | Δ vs hand-set [95% CI], p | low-freq class right % "
+          "| high-freq class right % | s / trial |")
+    print("|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1))
