@@ -29,10 +29,14 @@ def seen_share(model: torch.nn.Module, img_size: int) -> list[float]:
     """Per stage: share of input pixels that reach the centre token of that stage's output."""
     torch.manual_seed(0)
     image = torch.randn(1, 3, img_size, img_size, requires_grad=True)
-    shares, x = [], image
-    for i in range(len(model.architecture.depths)):
-        x = getattr(model, "patch_embed" if i == 0 else f"patch_embed{i + 1}")(x)
-        x = getattr(model, f"blocks{i + 1}")(model._pos_embed(i, x))
+    outputs = []  # each stage's channels-last output, caught on the way through one forward pass
+    stages = [getattr(model, f"blocks{i + 1}") for i in range(len(model.architecture.depths))]
+    hooks = [stage.register_forward_hook(lambda _m, _i, out: outputs.append(out)) for stage in stages]
+    model(image)
+    for hook in hooks:
+        hook.remove()
+    shares = []
+    for x in outputs:
         h, w = x.shape[1] // 2, x.shape[2] // 2
         # a random projection of the token: a plain sum could cancel by chance
         (grad,) = torch.autograd.grad((x[0, h, w] * torch.randn(x.shape[-1])).sum(), image, retain_graph=True)
