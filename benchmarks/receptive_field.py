@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from calibrate_synthetic import ramps  # noqa: E402  (the ramps the calibration compares)
 from rampsearch.architecture import Architecture  # noqa: E402
 from rampsearch.models import build_iformer  # noqa: E402
-from rampsearch.ramp import RampSchedule  # noqa: E402
 
 
 def seen_share(model: torch.nn.Module, img_size: int) -> list[float]:
@@ -50,13 +50,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 224])
     args = parser.parse_args()
     arch = Architecture.resolve(args.variant)
-    ramps = {"pure conv (all 1)": [1.0] * arch.num_blocks, "pure attention (all 0)": [0.0] * arch.num_blocks,
-             "hand-set": list(RampSchedule.handset(arch).ratios)}
     stages = " | ".join(f"stage {i + 1}" for i in range(len(arch.depths)))
     print(f"{args.variant}: % of the image seen by the centre token after each stage\n")
     print(f"| ramp | img px | {stages} |")
     print("|---|---:|" + "---:|" * len(arch.depths))
-    for name, ramp in ramps.items():
+    for name, ramp in ramps(arch).items():
         for size in args.sizes:
             model = build_iformer(args.variant, ramp=ramp, img_size=size, num_classes=0).eval()
             print(f"| {name} | {size} | " + " | ".join(f"{s:.0f}" for s in seen_share(model, size)) + " |")
