@@ -25,9 +25,12 @@ how dots line up across several of the model's 4-px tokens. It is much harder th
 see BENCHMARKS.md for which ramps learned it in 8 and 16 epochs.
 
 All random values of image i come from numpy's generator seeded with (seed, split, i), so an image
-depends only on (seed, split, index, resolution, class counts, texture) and not on how many are made.
-Labels cycle through the classes (balanced). The set is generated once per process and cached
-in memory as uint8 (a few thousand 64x64 images per second).
+depends only on (seed, split, index, resolution, class counts, texture) and not on how many are made;
+`_Draw` lists which uniform draw sets what, in the order they are drawn. Labels cycle through the
+classes (balanced). The set is generated once per process and cached in memory as uint8 (a few
+thousand 64x64 images per second); a set that would not fit this machine's physical memory is refused
+before anything is allocated (`_synthetic_bytes`). tests/test_data.py pins the SHA-256 of a few sets:
+a change to the generator, however small, changes them.
 
 Its labels are not invariant to flips, crops or rotations (they change orientations and
 layouts), so synthetic-freq uses none of the recipe's image transforms; batch-level mixup/cutmix
@@ -42,9 +45,16 @@ val, so an empty or missing class folder can never shift labels. Loading goes th
 `data_fraction` (of every class's images) and the run's `img_size`. Files that are not images are
 ignored; files with an image extension that PIL cannot open are skipped and counted in the log,
 or rejected by name with `strict_data: true` (which also fully decodes every image up front).
+
+Every data set needs at least 2 classes (after `data_classes`): top-1 over one class is always 100%.
+`check_data` runs the checks that need no decoding and no allocation (folder layout, class folders,
+one image file per class by extension; synthetic class counts and memory): one directory listing per
+class folder, 0.4 s for 300 folders of 1300 files (a full scan: 10 s), so a search or retraining runs
+it once before its first trial.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -81,6 +91,7 @@ LAYOUTS: tuple[tuple[tuple[float, float], ...], ...] = (
 MAX_TEXTURES = 8  # orientations closer than 180/8 degrees drown in the orientation jitter
 
 # Nuisance ranges (fractions of the image side unless noted), uniform in [low, high].
+COLOUR = (0.1, 0.9)  # background and blob colour, each channel (0..1): never fully black or white
 SHIFT = 0.25  # offset of the layout's centre, either axis, +-SHIFT/2
 SPREAD = (0.16, 0.24)  # distance of the blobs from the layout's centre, in template units
 ROTATION_DEG = 20.0  # layout rotation, +-ROTATION_DEG/2
@@ -91,7 +102,6 @@ ORIENTATION_JITTER_DEG = 15.0  # +-half of it around the class orientation
 CONTRAST = (0.1, 0.45)  # grating amplitude on the blob colour
 GRADIENT = 0.4  # background gradient amplitude across the image, at most
 NOISE = (0.03, 0.18)  # pixel noise standard deviation
-_NUM_DRAWS = 18  # uniform draws per image, in the order used by _render
 # dot-lattice texture (pixels)
 LATTICE_SPACING_PX = (5.0, 6.5)  # dot spacing along the class orientation
 LATTICE_GAP_PX = (9.0, 12.0)  # spacing of the rows
@@ -101,9 +111,62 @@ LATTICE_GAIN = 1.6  # a bilinearly splatted dot's peak is below 1; this brings m
 LATTICE_INK = (0.5, 1.0)  # dot opacity
 LATTICE_TINT = 0.3  # dots are black or white, each channel moved by up to +-half of it
 LATTICE_DISK_CONTRAST = (0.15, 0.5)  # the disks' offset from the ground colour
+LATTICE_DISK_CHANNEL = (0.3, 1.0)  # each channel's share of that offset: the disks are tinted, not grey
 LATTICE_NOISE = (0.02, 0.1)  # lower than NOISE: the dots are a pixel or two wide
-# per image: lattice origin (2), disk sign and contrast (2), ink tint (3); then x, y jitter and drop per dot
-_LATTICE_IMAGE_DRAWS = 7
+# Half the lattice's extent, in image sides, each way from the centre: above sqrt(2)/2 (half the
+# diagonal), so the rows cover the corners at any angle.
+LATTICE_REACH = 0.75
+
+
+class _Draw:
+    """Column of each per-image uniform draw (in [0, 1)) in `_render`'s `u`, in the order they are drawn.
+
+    `synthetic_freq` draws, per image and from that image's own generator: the COMMON uniforms
+    (columns 0..17), then the unit pixel noise, then, for the dot lattice only, the lattice's uniforms
+    (columns 18..). Both textures make the common draws, so adding the lattice changed no grating
+    image; columns 11..16 mean one thing for the grating and another for the lattice and carry a name
+    for each. The comment after a column names the range it is mapped to. Moving a column, or a draw
+    in the order, changes every image (tests/test_data.py pins their hashes).
+    """
+
+    BACKGROUND = slice(0, 3)  # background colour, RGB: COLOUR
+    GRADIENT_DIRECTION = 3  # of the background's linear gradient: full circle
+    GRADIENT_AMPLITUDE = 4  # of that gradient across the image: 0..GRADIENT
+    SHIFT_X = 5  # the layout's centre: +-SHIFT/2
+    SHIFT_Y = 6
+    SPREAD = 7  # the blobs' distance from the layout's centre: SPREAD
+    ROTATION = 8  # of the layout: +-ROTATION_DEG/2
+    RADIUS = 9  # of every blob: RADIUS
+    ORIENTATION_JITTER = 10  # around the class orientation: +-ORIENTATION_JITTER_DEG/2
+    PERIOD = LATTICE_SPACING = 11  # grating: period, PERIOD_PX | lattice: dots along a row, LATTICE_SPACING_PX
+    PHASE = LATTICE_GAP = 12  # grating: phase, full cycle | lattice: rows apart, LATTICE_GAP_PX
+    CONTRAST = LATTICE_INK = 13  # grating: amplitude, CONTRAST | lattice: dot opacity, LATTICE_INK
+    BLOB_COLOUR = DISK_CHANNEL = slice(14, 17)  # grating: blob colour, RGB, COLOUR | lattice: LATTICE_DISK_CHANNEL
+    NOISE = 17  # pixel noise standard deviation: NOISE | LATTICE_NOISE
+    COMMON = 18  # how many draws every image makes (then its pixel noise)
+    # dot lattice only, after the pixel noise
+    LATTICE_ORIGIN_ALONG = 18  # shift of the lattice along its rows, in dot spacings: 0..1
+    LATTICE_ORIGIN_ACROSS = 19  # and across them, in row gaps: 0..1
+    DISK_SIGN = 20  # the disks are darker than the ground below 0.5, lighter above
+    DISK_CONTRAST = 21  # their offset from the ground: LATTICE_DISK_CONTRAST
+    INK_TINT = slice(22, 25)  # of the dots, RGB: +-LATTICE_TINT/2
+    DOTS = 25  # the first per-dot draw: PER_DOT of them for each dot of the lattice, dot by dot
+    # within one dot's draws
+    DOT_JITTER_X = 0  # +-LATTICE_JITTER_PX/2
+    DOT_JITTER_Y = 1
+    DOT_DROP = 2  # the dot is left out below LATTICE_DROP
+    PER_DOT = 3
+
+
+# Images rendered at once: bounds _render's float32 temporaries (about _RENDER_TEMPORARIES images of
+# this many: 75 MB at 64 px, 300 MB at 128 px) whatever the set's size, while chunks stay large enough
+# for vectorized ops. Every image is rendered on its own, so this changes no pixel (checked: 7 to 1000
+# give the pinned hashes).
+_RENDER_CHUNK = 512
+# Float32 N x 3 x H x W buffers _render holds at its peak besides the noise it renders into (measured:
+# 2.2-2.8 at 128-256 px); part of the memory estimate in _synthetic_bytes.
+_RENDER_TEMPORARIES = 3
+_ONE_CLASS = "top-1 over one class is always 100% and means nothing; at least 2 classes are needed"
 
 
 class DataError(UserError):
@@ -125,22 +188,79 @@ def build_datasets(source: str, recipe: Recipe, img_size: int) -> Datasets:
     return image_folder_datasets(Path(source), recipe, img_size)
 
 
+def check_data(source: str, recipe: Recipe, img_size: int) -> None:
+    """Raise the DataError `build_datasets` would raise for a bad folder or recipe, without loading anything.
+
+    Image folder: the layout, the class folders (at least 2 after `data_classes`) and one file with an
+    image extension in each (no file is opened: corrupt files are found by `build_datasets`).
+    synthetic-freq: the class counts and whether the set fits this machine's memory.
+    """
+    if source == SYNTHETIC:
+        _check_synthetic(recipe, img_size)
+        return
+    train_root, val_dir = _folder_layout(Path(source))
+    names = list(_class_files(train_root, first_only=True))
+    classes = _select_classes(names, recipe.data_classes, train_root)
+    if val_dir is not None and not set(classes) & set(_class_files(val_dir, set(names), first_only=True)):
+        raise _no_validation(val_dir)
+
+
 # -- synthetic-freq ----------------------------------------------------------------------------------
 
 def synthetic_datasets(recipe: Recipe, img_size: int) -> Datasets:
+    _check_synthetic(recipe, img_size)
     low, high = recipe.synthetic_low_classes, recipe.synthetic_high_classes
-    if not (1 <= low <= len(LAYOUTS) and 1 <= high <= MAX_TEXTURES and low * high >= 2):
-        raise DataError(f"synthetic-freq: synthetic_low_classes must be in 1..{len(LAYOUTS)} and "
-                        f"synthetic_high_classes in 1..{MAX_TEXTURES} (at least 2 classes in all); "
-                        f"got {low} and {high}")
-    if img_size < 16:
-        raise DataError(f"synthetic-freq: img_size {img_size} is too small for its textures; use at least 16")
     classes = [f"layout{i}_orientation{j}" for i in range(low) for j in range(high)]
     per_split = {"train": recipe.synthetic_train_per_class, "val": recipe.synthetic_val_per_class}
     made = {split: SyntheticImages(*synthetic_freq(low, high, count * len(classes), img_size, recipe.synthetic_seed,
                                                    split, recipe.synthetic_texture), recipe.mean, recipe.std)
             for split, count in per_split.items()}
     return Datasets(made["train"], made["val"], len(classes), classes)
+
+
+def _check_synthetic(recipe: Recipe, img_size: int) -> None:
+    """Refuse class counts, sizes and set sizes synthetic-freq cannot make here; allocates nothing."""
+    low, high = recipe.synthetic_low_classes, recipe.synthetic_high_classes
+    if not (1 <= low <= len(LAYOUTS) and 1 <= high <= MAX_TEXTURES):
+        raise DataError(f"synthetic-freq: synthetic_low_classes must be in 1..{len(LAYOUTS)} and "
+                        f"synthetic_high_classes in 1..{MAX_TEXTURES} (at least 2 classes in all); "
+                        f"got {low} and {high}")
+    if low * high < 2:
+        raise DataError(f"synthetic-freq: synthetic_low_classes {low} x synthetic_high_classes {high} "
+                        f"makes one class; {_ONE_CLASS}")
+    if min(recipe.synthetic_train_per_class, recipe.synthetic_val_per_class) < 1:
+        raise DataError("synthetic-freq: synthetic_train_per_class and synthetic_val_per_class must be >= 1; "
+                        f"got {recipe.synthetic_train_per_class} and {recipe.synthetic_val_per_class}")
+    if img_size < 16:
+        raise DataError(f"synthetic-freq: img_size {img_size} is too small for its textures; use at least 16")
+    need, have = _synthetic_bytes(recipe, img_size), _physical_memory()
+    if have is not None and need > have:
+        count = (recipe.synthetic_train_per_class + recipe.synthetic_val_per_class) * low * high
+        raise DataError(f"synthetic-freq at img_size {img_size}: {count} images need about {need:,} bytes "
+                        f"({need / 2**30:,.1f} GiB) to generate, but this machine has {have:,} bytes "
+                        f"({have / 2**30:,.1f} GiB) of memory; lower --img-size (img_size) or "
+                        "synthetic_train_per_class / synthetic_val_per_class")
+
+
+def _synthetic_bytes(recipe: Recipe, img_size: int) -> int:
+    """Peak memory (bytes) of generating both splits: every uint8 image, plus for the larger split
+    the float32 noise buffer and uniform draws `synthetic_freq` allocates and `_render`'s temporaries
+    for one chunk. An upper estimate: 5-26% above the peak measured at 64-256 px, both textures."""
+    classes = recipe.synthetic_low_classes * recipe.synthetic_high_classes
+    counts = (recipe.synthetic_train_per_class * classes, recipe.synthetic_val_per_class * classes)
+    values = 3 * img_size * img_size  # per image
+    draws = _Draw.COMMON + (_lattice_draws(img_size) if recipe.synthetic_texture == "dot-lattice" else 0)
+    largest, float32 = max(counts), np.dtype(np.float32).itemsize
+    working = largest * (values + draws) + min(largest, _RENDER_CHUNK) * _RENDER_TEMPORARIES * values
+    return sum(counts) * values + float32 * working
+
+
+def _physical_memory() -> int | None:
+    """This machine's physical memory in bytes, or None where the OS does not tell (then nothing is refused)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
+        return None
 
 
 @lru_cache(maxsize=4)  # trials in one process share the set
@@ -150,18 +270,17 @@ def synthetic_freq(low_classes: int, high_classes: int, count: int, img_size: in
     split_id = {"train": 0, "val": 1}[split]
     labels = np.arange(count) % (low_classes * high_classes)
     lattice = texture == "dot-lattice"
-    extra = _LATTICE_IMAGE_DRAWS + 3 * _lattice_points(img_size) if lattice else 0
-    draws = np.empty((count, _NUM_DRAWS + extra), np.float32)
+    extra = _lattice_draws(img_size) if lattice else 0
+    draws = np.empty((count, _Draw.COMMON + extra), np.float32)
     noise = np.empty((count, 3, img_size, img_size), np.float32)
-    for i in range(count):
+    for i in range(count):  # in _Draw's order
         rng = np.random.default_rng([seed, split_id, i])
-        draws[i, :_NUM_DRAWS] = rng.random(_NUM_DRAWS, dtype=np.float32)
+        draws[i, :_Draw.COMMON] = rng.random(_Draw.COMMON, dtype=np.float32)
         noise[i] = rng.standard_normal((3, img_size, img_size), dtype=np.float32)
-        draws[i, _NUM_DRAWS:] = rng.random(extra, dtype=np.float32)  # after the grating's draws: they stay put
+        draws[i, _Draw.COMMON:] = rng.random(extra, dtype=np.float32)
     images = torch.empty((count, 3, img_size, img_size), dtype=torch.uint8)
-    chunk = 512  # bounds the N x blobs x H x W temporaries
-    for start in range(0, count, chunk):
-        part = slice(start, start + chunk)
+    for start in range(0, count, _RENDER_CHUNK):
+        part = slice(start, start + _RENDER_CHUNK)
         images[part] = _render(torch.from_numpy(draws[part]), torch.from_numpy(labels[part]),
                                torch.from_numpy(noise[part]), high_classes, img_size, lattice)
     return images, torch.from_numpy(labels)
@@ -169,44 +288,49 @@ def synthetic_freq(low_classes: int, high_classes: int, count: int, img_size: in
 
 def _render(u: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, high_classes: int,
             size: int, lattice: bool) -> torch.Tensor:
-    """Images from per-image uniform draws `u` (N x draws) and unit noise (N x 3 x H x W, reused)."""
+    """Images from per-image uniform draws `u` (N x draws, columns named in `_Draw`) and unit noise
+    (N x 3 x H x W, rendered into)."""
     n = len(u)
     draw = partial(_uniform, u)
     layout, orientation = labels // high_classes, labels % high_classes
-    axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size - 0.5
+    axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size - 0.5  # pixel centres, -0.5..0.5
     y, x = axis.view(1, 1, size, 1), axis.view(1, 1, 1, size)
 
-    direction = draw(3) * 2 * math.pi
-    gradient = (direction.cos() * x + direction.sin() * y) * draw(4, (0, GRADIENT))  # N x 1 x H x W
-    background = 0.1 + 0.8 * u[:, 0:3].view(n, 3, 1, 1)
+    direction = draw(_Draw.GRADIENT_DIRECTION) * 2 * math.pi
+    amplitude = draw(_Draw.GRADIENT_AMPLITUDE, (0, GRADIENT))
+    gradient = (direction.cos() * x + direction.sin() * y) * amplitude  # N x 1 x H x W
+    background = draw(_Draw.BACKGROUND, COLOUR)  # N x 3 x 1 x 1
     mask = _layout_mask(u, layout, x, y, size)
     theta = orientation.view(n, 1, 1, 1) * (math.pi / high_classes) + \
-        (draw(10) - 0.5) * math.radians(ORIENTATION_JITTER_DEG)
+        (draw(_Draw.ORIENTATION_JITTER) - 0.5) * math.radians(ORIENTATION_JITTER_DEG)
     if lattice:
         # plain disks a little lighter or darker than the ground, dots over everything, noise over that
-        extra = u[:, _NUM_DRAWS:]  # see synthetic_freq
-        sign = torch.where(extra[:, 2] < 0.5, -1.0, 1.0).view(n, 1, 1, 1)
-        strength = draw(_NUM_DRAWS + 3, LATTICE_DISK_CONTRAST)
-        image = (background + gradient).addcmul_(mask, sign * strength * (0.3 + 0.7 * u[:, 14:17].view(n, 3, 1, 1)))
-        spacing, gap = draw(11, LATTICE_SPACING_PX).view(n, 1), draw(12, LATTICE_GAP_PX).view(n, 1)
-        dots = _lattice_dots(theta.view(n, 1), spacing, gap, extra[:, 0:2], extra[:, _LATTICE_IMAGE_DRAWS:], size)
-        dots.mul_(draw(13, LATTICE_INK))
+        sign = torch.where(u[:, _Draw.DISK_SIGN] < 0.5, -1.0, 1.0).view(n, 1, 1, 1)
+        strength = draw(_Draw.DISK_CONTRAST, LATTICE_DISK_CONTRAST)
+        offset = sign * strength * draw(_Draw.DISK_CHANNEL, LATTICE_DISK_CHANNEL)
+        image = (background + gradient).addcmul_(mask, offset)
+        spacing = draw(_Draw.LATTICE_SPACING, LATTICE_SPACING_PX).view(n, 1)
+        gap = draw(_Draw.LATTICE_GAP, LATTICE_GAP_PX).view(n, 1)
+        dots = _lattice_dots(theta.view(n, 1), spacing, gap, u, size)
+        dots.mul_(draw(_Draw.LATTICE_INK, LATTICE_INK))
         # light dots on a dark ground, dark on light, slightly tinted
-        ink = (background.mean(1, keepdim=True) < 0.5).float() + (extra[:, 4:7].view(n, 3, 1, 1) - 0.5) * LATTICE_TINT
-        image.mul_(1 - dots).addcmul_(dots, ink).add_(noise.mul_(draw(17, LATTICE_NOISE)))
+        ink = (background.mean(1, keepdim=True) < 0.5).float() + (draw(_Draw.INK_TINT) - 0.5) * LATTICE_TINT
+        image.mul_(1 - dots).addcmul_(dots, ink).add_(noise.mul_(draw(_Draw.NOISE, LATTICE_NOISE)))
     else:
-        image = noise.mul_(draw(17, NOISE)).add_(background).add_(gradient)
+        image = noise.mul_(draw(_Draw.NOISE, NOISE)).add_(background).add_(gradient)
         along = theta.cos() * x + theta.sin() * y
-        grating = torch.sin(along * (2 * math.pi * size) / draw(11, PERIOD_PX) + draw(12) * 2 * math.pi)
-        colour = 0.1 + 0.8 * u[:, 14:17].view(n, 3, 1, 1)
+        grating = torch.sin(along * (2 * math.pi * size) / draw(_Draw.PERIOD, PERIOD_PX) +
+                            draw(_Draw.PHASE) * 2 * math.pi)
+        colour = draw(_Draw.BLOB_COLOUR, COLOUR)
         # inside a blob: its colour plus the grating, without the background's gradient
-        image.addcmul_(mask, (colour - background - gradient).add_(grating.mul_(draw(13, CONTRAST))))
+        image.addcmul_(mask, (colour - background - gradient).add_(grating.mul_(draw(_Draw.CONTRAST, CONTRAST))))
     return image.clamp_(0, 1).mul_(255).round_().to(torch.uint8)
 
 
-def _uniform(u: torch.Tensor, column: int, bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
-    """Column `column` of the per-image draws, mapped to [low, high], as N x 1 x 1 x 1."""
-    return (bounds[0] + u[:, column] * (bounds[1] - bounds[0])).view(-1, 1, 1, 1)
+def _uniform(u: torch.Tensor, columns: int | slice, bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
+    """Per-image draws `columns` (a `_Draw` column or slice), mapped to [low, high], as N x 1 x 1 x 1
+    (N x k x 1 x 1 for a slice of k: one value per RGB channel)."""
+    return (bounds[0] + u[:, columns] * (bounds[1] - bounds[0])).view(len(u), -1, 1, 1)
 
 
 def _layout_mask(u: torch.Tensor, layout: torch.Tensor, x: torch.Tensor, y: torch.Tensor,
@@ -219,9 +343,9 @@ def _layout_mask(u: torch.Tensor, layout: torch.Tensor, x: torch.Tensor, y: torc
     for k, points in enumerate(LAYOUTS):
         template[k, :len(points)] = torch.tensor(points)
         present[k, :len(points)] = 1
-    angle = (_uniform(u, 8) - 0.5) * math.radians(ROTATION_DEG)
-    spread, radius = _uniform(u, 7, SPREAD), _uniform(u, 9, RADIUS)
-    cx, cy = (_uniform(u, 5) - 0.5) * SHIFT, (_uniform(u, 6) - 0.5) * SHIFT
+    angle = (_uniform(u, _Draw.ROTATION) - 0.5) * math.radians(ROTATION_DEG)
+    spread, radius = _uniform(u, _Draw.SPREAD, SPREAD), _uniform(u, _Draw.RADIUS, RADIUS)
+    cx, cy = (_uniform(u, _Draw.SHIFT_X) - 0.5) * SHIFT, (_uniform(u, _Draw.SHIFT_Y) - 0.5) * SHIFT
     mask = torch.zeros(n, 1, size, size)
     for slot in range(slots):
         ox, oy = template[layout, slot, 0].view(n, 1, 1, 1), template[layout, slot, 1].view(n, 1, 1, 1)
@@ -233,8 +357,12 @@ def _layout_mask(u: torch.Tensor, layout: torch.Tensor, x: torch.Tensor, y: torc
 
 
 def _lattice_extent(size: int) -> tuple[int, int]:
-    """Dots along and rows across (each way from the centre) that cover a size x size image at any angle."""
-    return math.ceil(0.75 * size / LATTICE_SPACING_PX[0]) + 1, math.ceil(0.75 * size / LATTICE_GAP_PX[0]) + 1
+    """Dots along and rows across (each way from the centre) that cover a size x size image at any angle.
+
+    Counted at the smallest spacing and gap, plus one for the origin's shift of up to a cell.
+    """
+    return (math.ceil(LATTICE_REACH * size / LATTICE_SPACING_PX[0]) + 1,
+            math.ceil(LATTICE_REACH * size / LATTICE_GAP_PX[0]) + 1)
 
 
 def _lattice_points(size: int) -> int:
@@ -242,22 +370,27 @@ def _lattice_points(size: int) -> int:
     return (2 * along + 1) * (2 * across + 1)
 
 
-def _lattice_dots(theta: torch.Tensor, spacing: torch.Tensor, gap: torch.Tensor, origin: torch.Tensor,
-                  per_dot: torch.Tensor, size: int) -> torch.Tensor:
+def _lattice_draws(size: int) -> int:
+    """Uniform draws the dot lattice adds per image after the common ones: see `_Draw`."""
+    return _Draw.DOTS - _Draw.COMMON + _Draw.PER_DOT * _lattice_points(size)
+
+
+def _lattice_dots(theta: torch.Tensor, spacing: torch.Tensor, gap: torch.Tensor, u: torch.Tensor,
+                  size: int) -> torch.Tensor:
     """N x 1 x H x W ink (0..1) of a jittered dot lattice: dots `spacing` px apart along theta, rows `gap` apart.
 
-    `origin` (N x 2) shifts the lattice by a fraction of a cell; `per_dot` (N x dots*3) holds each
-    dot's x and y jitter and its drop draw.
+    From the per-image draws `u` (`_Draw`): the lattice's origin shifts it by a fraction of a cell,
+    and each dot has its x and y jitter and its drop draw.
     """
     n = len(theta)
     along, across = _lattice_extent(size)
     i, j = torch.meshgrid(torch.arange(-along, along + 1.0), torch.arange(-across, across + 1.0), indexing="ij")
-    per_dot = per_dot.view(n, -1, 3)
-    a = (i.reshape(1, -1) + origin[:, 0:1] - 0.5) * spacing
-    b = (j.reshape(1, -1) + origin[:, 1:2] - 0.5) * gap
-    xs = size / 2 + a * theta.cos() - b * theta.sin() + (per_dot[..., 0] - 0.5) * LATTICE_JITTER_PX
-    ys = size / 2 + a * theta.sin() + b * theta.cos() + (per_dot[..., 1] - 0.5) * LATTICE_JITTER_PX
-    weight = (per_dot[..., 2] >= LATTICE_DROP).float()
+    per_dot = u[:, _Draw.DOTS:].view(n, -1, _Draw.PER_DOT)
+    a = (i.reshape(1, -1) + u[:, _Draw.LATTICE_ORIGIN_ALONG, None] - 0.5) * spacing
+    b = (j.reshape(1, -1) + u[:, _Draw.LATTICE_ORIGIN_ACROSS, None] - 0.5) * gap
+    xs = size / 2 + a * theta.cos() - b * theta.sin() + (per_dot[..., _Draw.DOT_JITTER_X] - 0.5) * LATTICE_JITTER_PX
+    ys = size / 2 + a * theta.sin() + b * theta.cos() + (per_dot[..., _Draw.DOT_JITTER_Y] - 0.5) * LATTICE_JITTER_PX
+    weight = (per_dot[..., _Draw.DOT_DROP] >= LATTICE_DROP).float()
     canvas = torch.zeros(n, size * size)
     x0, y0 = xs.floor(), ys.floor()
     for dx in (0, 1):  # bilinear splat: sub-pixel positions, so the lattice's angle is not snapped to the grid
@@ -291,17 +424,10 @@ class SyntheticImages(Dataset):
 def image_folder_datasets(root: Path, recipe: Recipe, img_size: int) -> Datasets:
     from timm.data import create_transform
 
-    if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist (or is not a folder); give an image folder "
-                        f"or '{SYNTHETIC}'")
-    val_dir = next((root / name for name in ("val", "validation") if (root / name).is_dir()), None)
-    if (root / "train").is_dir() != (val_dir is not None):
-        raise DataError(f"{root} has {'train/ but no val/' if val_dir is None else 'val/ but no train/'}; "
-                        "give both, or one folder of class folders to split")
+    train_root, val_dir = _folder_layout(root)
     split_given = val_dir is not None
-    train_root = root / "train" if split_given else root
     train_files = _scan_classes(train_root, recipe.strict_data)
-    classes = _select_classes(train_files, recipe.data_classes, train_root)
+    classes = _select_classes(list(train_files), recipe.data_classes, train_root)
     if split_given:
         val_files = _scan_classes(val_dir, recipe.strict_data, allowed=set(train_files))
         val_files = {c: val_files.get(c, []) for c in classes}
@@ -311,7 +437,7 @@ def image_folder_datasets(root: Path, recipe: Recipe, img_size: int) -> Datasets
     train_files = _fraction(train_files, recipe.data_fraction, recipe.split_seed)
     val_files = _fraction(val_files, recipe.data_fraction, recipe.split_seed)
     if not sum(map(len, val_files.values())):
-        raise DataError(f"{val_dir or root}: no validation images for the selected classes")
+        raise _no_validation(val_dir or root)
 
     class_to_idx = {c: i for i, c in enumerate(classes)}
     train_tf = create_transform(
@@ -325,6 +451,22 @@ def image_folder_datasets(root: Path, recipe: Recipe, img_size: int) -> Datasets
     val = _timm_dataset(val_dir or root, val_files, class_to_idx, eval_tf)
     log.info("image folder %s: %d classes, %d train and %d val images", root, len(classes), len(train), len(val))
     return Datasets(train, val, len(classes), classes)
+
+
+def _folder_layout(root: Path) -> tuple[Path, Path | None]:
+    """The folder of training class folders and the val folder (None: split `root` per class)."""
+    if not root.is_dir():
+        raise DataError(f"data folder {root} does not exist (or is not a folder); give an image folder "
+                        f"or '{SYNTHETIC}'")
+    val_dir = next((root / name for name in ("val", "validation") if (root / name).is_dir()), None)
+    if (root / "train").is_dir() != (val_dir is not None):
+        raise DataError(f"{root} has {'train/ but no val/' if val_dir is None else 'val/ but no train/'}; "
+                        "give both, or one folder of class folders to split")
+    return (root if val_dir is None else root / "train"), val_dir
+
+
+def _no_validation(path: Path) -> DataError:
+    return DataError(f"{path}: no validation images for the selected classes")
 
 
 def _timm_dataset(root: Path, files: dict[str, list[Path]], class_to_idx: dict[str, int], transform) -> Dataset:
@@ -347,8 +489,11 @@ def _image_ok(path: Path, full: bool) -> bool:
         return False
 
 
-def _scan_classes(split_root: Path, strict: bool, allowed: set[str] | None = None) -> dict[str, list[Path]]:
-    """Readable image files of every class folder under `split_root`, sorted; errors name the path."""
+def _class_files(split_root: Path, allowed: set[str] | None = None,
+                 first_only: bool = False) -> dict[str, list[Path]]:
+    """Files with an image extension of every class folder under `split_root` (none is opened), by class
+    in natural order; errors name the path. `first_only`: only the first file found in each class,
+    which is all a check for empty classes needs (one directory listing per class, not all files)."""
     from timm.data.readers.img_extensions import get_img_extensions
     from timm.utils.misc import natural_key
 
@@ -357,15 +502,22 @@ def _scan_classes(split_root: Path, strict: bool, allowed: set[str] | None = Non
                         key=lambda d: natural_key(d.name))  # hidden folders (.ipynb_checkpoints) are no classes
     if not class_dirs:
         raise DataError(f"{split_root} has no class folders; expected {split_root}/CLASS_NAME/IMAGE files")
-    candidates: dict[str, list[Path]] = {}
+    files: dict[str, list[Path]] = {}
     for d in class_dirs:
         if allowed is not None and d.name not in allowed:
             raise DataError(f"{d}: class {d.name!r} is not among the train classes; labels would not match")
-        candidates[d.name] = sorted((Path(r) / f for r, _, fs in os.walk(d, followlinks=True) for f in fs
-                                     if os.path.splitext(f)[1].lower() in extensions),
-                                    key=lambda p: natural_key(str(p)))
-        if not candidates[d.name]:
+        found = (Path(r) / f for r, _, fs in os.walk(d, followlinks=True) for f in fs
+                 if os.path.splitext(f)[1].lower() in extensions)  # lazy: first_only stops early
+        files[d.name] = (list(itertools.islice(found, 1)) if first_only
+                         else sorted(found, key=lambda p: natural_key(str(p))))
+        if not files[d.name]:
             raise DataError(f"class folder {d} holds no image files ({', '.join(sorted(extensions))})")
+    return files
+
+
+def _scan_classes(split_root: Path, strict: bool, allowed: set[str] | None = None) -> dict[str, list[Path]]:
+    """Readable image files of every class folder under `split_root`, sorted; errors name the path."""
+    candidates = _class_files(split_root, allowed)
     every = [p for paths in candidates.values() for p in paths]
     with ThreadPoolExecutor(max_workers=16) as pool:  # file opening is I/O-bound
         ok = dict(zip(every, pool.map(lambda p: _image_ok(p, full=strict), every)))
@@ -383,17 +535,25 @@ def _scan_classes(split_root: Path, strict: bool, allowed: set[str] | None = Non
     return files
 
 
-def _select_classes(files: dict[str, list[Path]], wanted: int | list[str] | None, root: Path) -> list[str]:
-    names = list(files)
+def _select_classes(names: list[str], wanted: int | list[str] | None, root: Path) -> list[str]:
+    """The classes `data_classes` (`wanted`) selects of `root`'s class folders `names`, in their order:
+    at least 2, or a DataError naming the folder or the key."""
+    if len(names) < 2:
+        raise DataError(f"{root} has a single class folder ({names[0]!r}); {_ONE_CLASS}")
     if wanted is None:
         return names
     if isinstance(wanted, int):
+        if wanted == 1:
+            raise DataError(f"data_classes: 1 selects one class of {root}; {_ONE_CLASS}")
         if not 2 <= wanted <= len(names):
             raise DataError(f"data_classes={wanted}: {root} has {len(names)} classes; choose 2..{len(names)}")
         return names[:wanted]
-    unknown = [c for c in wanted if c not in files]
+    unknown = [c for c in wanted if c not in names]
     if unknown:
         raise DataError(f"data_classes: {unknown} are not class folders of {root}")
+    if len(set(wanted)) < 2:
+        raise DataError(f"data_classes: {wanted} names {'one class' if wanted else 'no class'} of {root}; "
+                        f"{_ONE_CLASS}")
     return [c for c in names if c in wanted]
 
 

@@ -1,7 +1,10 @@
-"""Data: synthetic-freq determinism and shape; image folders with bad data (each error names its path)."""
+"""Data: synthetic-freq determinism, shape and pinned output; image folders with bad data (each error
+names its path); one-class sets refused; the pre-flight `check_data`."""
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,8 @@ import torch
 from PIL import Image
 
 from rampsearch.config import ConfigError, load_recipe
-from rampsearch.data import DataError, build_datasets, synthetic_freq
+import rampsearch.data as data_module
+from rampsearch.data import DataError, build_datasets, check_data, synthetic_freq
 
 
 def recipe(**overrides):
@@ -18,6 +22,38 @@ def recipe(**overrides):
 
 
 # -- synthetic-freq -----------------------------------------------------------------------------------
+
+# SHA-256 over (images as uint8 bytes, then labels as little-endian int64) of 12 images, seed 3, made
+# by the generator before its draws were named (_Draw). Any change to how an image is made, however
+# small, changes these: if that is intended, say so in BENCHMARKS.md (its results used the old images)
+# and update the hashes.
+PINNED = [  # texture, split, img_size, low classes, high classes, sha256
+    ("grating", "train", 32, 2, 3, "b021eecdb6b28b9dc710e88480f3986d5af0e47b4e9948122f5ff804150ab223"),
+    ("grating", "train", 32, 4, 2, "ea4ce64caa1f4e58c62334c2fcdac3a57fe86cfbb655c3b5203e14f8d0d1c584"),
+    ("grating", "train", 64, 2, 3, "ad59bb6ce658b3f227250677bc6498cbbf30f8fb4efa2be584da634eeb4f66e4"),
+    ("grating", "train", 64, 4, 2, "5aa6c7e932ab44ec60b7b746527687d5e1176f8887ed5e1d2f39a4af4347ec33"),
+    ("grating", "val", 32, 2, 3, "abc363972b8b0dcd900598a28d4bde4396b2da99172aa3912534d4c2562ab56f"),
+    ("grating", "val", 32, 4, 2, "6d681583ae0c098deb9bdc05aa23185790253785a4d0e44f473986c70beb5bd4"),
+    ("grating", "val", 64, 2, 3, "c9bbe3db2d4f372e6d842c5426f8ff2146ce17e3790e0ca9511942f82021e8e7"),
+    ("grating", "val", 64, 4, 2, "d4df1bd81e7533159cc15a43d3d19782e75652f857a6515afc937f833f301135"),
+    ("dot-lattice", "train", 32, 2, 3, "819fbf13cbcf104235e25d340ed3afd573f389f306ed0e00a0bc861893079666"),
+    ("dot-lattice", "train", 32, 4, 2, "f14f51199b538631a709b77c435907137d94e52494ddddd88b493886fd2c618b"),
+    ("dot-lattice", "train", 64, 2, 3, "083c32d1b5272e19b27897819a41765a75aef3ffaecc5e381e5a7f174eb67486"),
+    ("dot-lattice", "train", 64, 4, 2, "451edb72ff433e31ebcc810f3346a23f4a2fe509c496df8e51983bd71564b741"),
+    ("dot-lattice", "val", 32, 2, 3, "9683799883b17bb7b010e0ebfcd4ede511639d8d54261ba979da34bccd5851a1"),
+    ("dot-lattice", "val", 32, 4, 2, "beeff723ace74ef46b8b0fb59dc4839fff39caa6a3b0d5f6093e3ed41993482b"),
+    ("dot-lattice", "val", 64, 2, 3, "0276d66c89002923034df0f66cd7d9d215b94416f170f695decea2897898c68b"),
+    ("dot-lattice", "val", 64, 4, 2, "72c815c5f653159ccf77212a2df279fe5cc082bd54262b782495058d40b66c81"),
+]
+
+
+@pytest.mark.parametrize("texture, split, size, low, high, expected", PINNED)
+def test_synthetic_images_are_pinned(texture, split, size, low, high, expected):
+    images, labels = synthetic_freq(low, high, 12, size, 3, split, texture)
+    digest = hashlib.sha256(images.numpy().tobytes())
+    digest.update(labels.numpy().astype("<i8").tobytes())
+    assert digest.hexdigest() == expected, "synthetic-freq's images changed; see PINNED"
+
 
 def test_synthetic_is_deterministic_per_index_and_balanced():
     images, labels = synthetic_freq(2, 3, 24, 32, 7, "train")
@@ -67,10 +103,40 @@ def test_bad_synthetic_texture_is_named():
         recipe(synthetic_texture="stripes")
 
 
-@pytest.mark.parametrize("overrides", [{"synthetic_low_classes": 9}, {"synthetic_high_classes": 0}])
+@pytest.mark.parametrize("overrides", [{"synthetic_low_classes": 9}, {"synthetic_high_classes": 0},
+                                       {"synthetic_val_per_class": 0}])
 def test_synthetic_rejects_bad_class_counts(overrides):
     with pytest.raises(DataError, match="synthetic_"):
         build_datasets("synthetic-freq", recipe(**overrides), 32)
+    with pytest.raises(DataError, match="synthetic_"):
+        check_data("synthetic-freq", recipe(**overrides), 32)
+
+
+def test_synthetic_with_one_class_is_refused():
+    one = recipe(synthetic_low_classes=1, synthetic_high_classes=1)
+    for function in (build_datasets, check_data):
+        with pytest.raises(DataError, match="one class; top-1 over one class is always 100%"):
+            function("synthetic-freq", one, 32)
+
+
+def test_synthetic_too_large_for_memory_is_refused_at_once():
+    start = time.perf_counter()
+    for function in (check_data, build_datasets):  # build checks before it allocates anything
+        with pytest.raises(DataError, match=r"img_size 100000: 3200 images need about [\d,]+ bytes") as err:
+            function("synthetic-freq", recipe(), 100_000)
+        assert "\n" not in str(err.value) and "--img-size" in str(err.value)
+    assert time.perf_counter() - start < 2
+
+
+def test_synthetic_memory_is_checked_against_physical_memory(monkeypatch):
+    assert check_data("synthetic-freq", recipe(), 64) is None  # 3200 images at 64 px: ~0.3 GB
+    need = data_module._synthetic_bytes(recipe(), 64)
+    assert 3200 * 3 * 64 * 64 * 5 < need < 1e9  # uint8 images, float32 noise of the train split, temporaries
+    monkeypatch.setattr(data_module, "_physical_memory", lambda: need - 1)
+    with pytest.raises(DataError, match=f"need about {need:,} bytes"):
+        check_data("synthetic-freq", recipe(), 64)
+    monkeypatch.setattr(data_module, "_physical_memory", lambda: None)  # OS does not tell: not refused
+    assert check_data("synthetic-freq", recipe(), 100_000) is None
 
 
 # -- image folders --------------------------------------------------------------------------------------
@@ -139,18 +205,52 @@ def test_class_of_only_corrupt_files_is_an_error(tmp_path):
         build_datasets(str(root), recipe(), 16)
 
 
+def _without_images(folder: Path) -> None:
+    for image in folder.glob("*.png"):
+        image.unlink()
+    (folder / "notes.txt").write_text("not an image")
+
+
+@pytest.mark.parametrize("function", [build_datasets, check_data])
 @pytest.mark.parametrize("make, message", [
     (lambda root: None, "does not exist"),
     (lambda root: root.mkdir(), "has no class folders"),
     (lambda root: (root / "train" / "a").mkdir(parents=True), "has train/ but no val/"),
     (lambda root: _tree(root) and (root / "val" / "yak").mkdir(), "'yak' is not among the train classes"),
+    (lambda root: _tree(root) and (root / "train" / "fox").mkdir(), "train/fox holds no image files"),
+    (lambda root: _without_images(_tree(root) / "val" / "emu"), "val/emu holds no image files"),
+    (lambda root: _tree(root, classes=("cat",)), "train has a single class folder .'cat'.; top-1 over one class"),
+    (lambda root: _png(root / "cat" / "0.png", 0), "data has a single class folder .'cat'.; top-1 over one class"),
 ])
-def test_bad_folders_give_errors_naming_the_path(tmp_path, make, message):
+def test_bad_folders_give_errors_naming_the_path(tmp_path, make, message, function):
     root = tmp_path / "data"
     make(root)
     with pytest.raises(DataError, match=message) as err:
-        build_datasets(str(root), recipe(), 16)
-    assert str(root) in str(err.value)
+        function(str(root), recipe(), 16)
+    assert str(root) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("function", [build_datasets, check_data])
+@pytest.mark.parametrize("classes", [1, ["dog"], ["dog", "dog"]])
+def test_data_classes_selecting_one_class_is_refused(tmp_path, function, classes):
+    root = _tree(tmp_path)
+    with pytest.raises(DataError, match=r"^data_classes: .* of .*train; top-1 over one class is always 100% "
+                                        r"and means nothing; at least 2 classes are needed$"):
+        function(str(root), recipe(data_classes=classes), 16)
+
+
+def test_check_data_passes_a_good_folder_without_opening_images(tmp_path, monkeypatch):
+    root = _tree(tmp_path)
+    (root / "train" / "dog" / "broken.png").write_bytes(b"not decoded by the check")
+
+    def no_opening(*args, **kwargs):
+        raise AssertionError("check_data opened an image")
+
+    monkeypatch.setattr(data_module.Image, "open", no_opening)
+    start = time.perf_counter()
+    assert check_data(str(root), recipe(), 16) is None
+    assert check_data(str(root), recipe(data_classes=["emu", "cat"]), 16) is None
+    assert time.perf_counter() - start < 2
 
 
 def test_one_folder_is_split_per_class_with_a_seed(tmp_path):
@@ -176,3 +276,5 @@ def test_proxy_controls_subset_classes_and_fraction(tmp_path):
     assert {label for _, label in named.train.reader.samples} == {0, 1}
     with pytest.raises(DataError, match="'zebra'"):
         build_datasets(str(root), recipe(data_classes=["zebra"]), 16)
+    with pytest.raises(DataError, match="data_classes=5: .* has 4 classes; choose 2..4"):
+        check_data(str(root), recipe(data_classes=5), 16)
