@@ -23,6 +23,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # keep Ray on 1
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from rampsearch.search import SearchOptions, run_search  # noqa: E402
+from rampsearch.search.record import TrialRecord  # noqa: E402
 
 
 def overhead(backend: str, trials: int) -> dict[str, float]:
@@ -32,8 +33,9 @@ def overhead(backend: str, trials: int) -> dict[str, float]:
                              SearchOptions(trials=trials, study="overhead"), backend,
                              show_progress=False, log=lambda m: None)
         wall = time.perf_counter() - start
-        trained = [t for t in outcome.study.get_trials() if "duration_s" in t.user_attrs]
-        training = sum(t.user_attrs["duration_s"] for t in trained)
+        records = [TrialRecord.of(t) for t in outcome.study.get_trials()]
+        trained = [r for r in records if r.duration_s is not None]
+        training = sum(r.duration_s for r in trained)
     return {"wall_s": wall, "training_s": training, "trials": len(trained),
             "overhead_per_trial_s": (wall - training) / max(len(trained), 1)}
 

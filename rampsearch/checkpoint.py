@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import UserError
+
 POINTER = "checkpoint.json"
 
 
@@ -70,7 +72,7 @@ def save_checkpoint(out: Path, epoch: int, model_state: dict[str, torch.Tensor],
     tensors: dict[str, torch.Tensor] = {}
     encoded = _encode(state, tensors, "state")
     save_weights(out / model_file, model_state)
-    save_file(tensors, str(out / state_file))
+    _save_tensors(tensors, out / state_file)
     write_json(out / POINTER, {"epoch": epoch, "model": model_file, "tensors": state_file, "state": encoded})
     for old in out.glob("ckpt-*.safetensors"):
         if old.name not in (model_file, state_file):
@@ -82,14 +84,48 @@ def load_checkpoint(out: Path) -> tuple[int, dict[str, torch.Tensor], dict[str, 
     pointer = out / POINTER
     if not pointer.exists():
         return None
-    meta = json.loads(pointer.read_text())
+    meta = read_json(pointer, "checkpoint")
     tensors = load_file(str(out / meta["tensors"]))
     return meta["epoch"], load_file(str(out / meta["model"])), _decode(meta["state"], tensors)
 
 
+def drop_checkpoint(out: Path) -> None:
+    """Remove the resume state of `out` (checkpoint.json and its tensor files), pointer first."""
+    (out / POINTER).unlink(missing_ok=True)
+    for old in out.glob("ckpt-*.safetensors"):
+        old.unlink()
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file written by this module; a damaged one is a UserError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{what} {path} cannot be read ({exc}); delete it to start that run over") from None
+
+
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
     """A state_dict as a safetensors file (what `load_weights` reads)."""
-    save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, str(path))
+    _save_tensors({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, path)
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """A safetensors file with the permissions of every other file we write.
+
+    safetensors creates its files through a temporary file, which leaves them readable by their owner
+    only (0600) while JSON, CSV and Parquet files get the usual mode of the umask (0644 under 022).
+    """
+    save_file(tensors, str(path))
+    os.chmod(path, _FILE_MODE)
+
+
+def _umask_file_mode() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _umask_file_mode()
 
 
 def load_weights(path: str | Path, model: torch.nn.Module) -> None:

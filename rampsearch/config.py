@@ -126,6 +126,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     resume: bool = True  # continue from out/ if it holds a checkpoint of the same run
     quiet: bool = False  # no progress bar
+    keep_checkpoints: bool = False  # keep the resume state (ckpt-*, checkpoint.json) after the run completes
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":

@@ -1,153 +1,187 @@
-"""Full retraining of a search's best schedules and of the hand-set ramp, seed by seed.
+"""Retraining of a search's best schedules and of the hand-set ramp, seed by seed.
 
-Every contender (the top-K within-budget schedules, the hand-set ramp and, optionally, ViT
-baselines at matched FLOPs) trains with the same recipe, data and seeds through `train.fit`.
-Each run keeps its checkpoints in retrain/NAME/seedS/, so rerunning resumes; a finished run
-(its result.json exists) is not trained again. Results go to retrain/results.csv.
+Every contender (the top-K within-budget searched schedules, the hand-set ramp and, optionally,
+ViT baselines at matched FLOPs) trains with the same recipe, data and seeds through `train.fit`.
+Each run keeps its output in retrain/NAME/seedS/, so rerunning resumes; a finished run (its
+result.json exists) is not trained again. Each contender's inference throughput is measured once
+here (fixed batch, warm-up, median of repeats) and stored. Results go to retrain/results.csv,
+written once every run has finished.
 """
 from __future__ import annotations
 
 import json
+import statistics
 import sys
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
-from optuna.trial import TrialState
 
 from .architecture import Architecture
+from .checkpoint import read_json
 from .errors import UserError
+from .model_spec import ModelSpec, build_model
 from .ramp import RampSchedule
-from .search.results import redact_url
-from .search.space import SearchSpace, load_space
-from .search.trial import train_config
+from .redact import redact_command
+from .search.results import ranked_searched, standing
+from .search.space import RetrainSettings, SearchSpace
+from .search.study import load_run
+from .search.trial import run_trial, train_config
 
-RETRAIN_DEFAULTS = {"top": 1, "seeds": 3, "recipe": "paper", "epochs": None}
+HANDSET = "handset"
+# Inference throughput: fp32, eval mode, this batch, one warm-up pass, the median of these repeats.
+THROUGHPUT_BATCH = 32
+THROUGHPUT_REPEATS = 5
+THROUGHPUT_CLASSES = 1000  # the paper's head, as FLOPs are counted
 
 
 @dataclass
 class Contender:
-    """One schedule (or baseline model) to retrain."""
+    """One schedule (or ViT baseline) to retrain."""
 
     name: str
-    kind: str  # "ramp" (an iFormer with a ramp) or "baseline" (a ViT at matched FLOPs)
+    kind: str  # "ramp" (an iFormer with a ramp) or "vit" (a ViT baseline at matched FLOPs)
     flops: int
     params: int
-    architecture: dict[str, Any] | None = None
-    ramp: list[float] | None = None
-    baseline: dict[str, Any] | None = None  # rampsearch.baselines.BaselineSpec as a dict
+    spec: dict[str, Any]  # ModelSpec.to_dict()
     proxy_score: float | None = None
     trial: int | None = None
+    inference_img_s: float | None = None
+    note: str = ""
 
 
-def retrain_settings(space: SearchSpace, **given: Any) -> dict[str, Any]:
-    """Command-line values over the space's `retrain:` section over the defaults."""
-    settings = {**RETRAIN_DEFAULTS, **space.retrain}
-    settings.update({k: v for k, v in given.items() if v is not None})
-    return settings
+@dataclass(frozen=True)
+class RetrainPlan:
+    space: SearchSpace
+    settings: RetrainSettings
+    contenders: list[Contender]
+    search: dict[str, Any] = field(default_factory=dict)  # how the hand-set ramp stood in the search
 
 
-def load_run(run_dir: Path, storage: str | None = None):
-    """(space, study) of a search run directory; an RDB study needs the same `storage` URL again."""
-    import optuna
-
-    from .search.optuna_backend import open_storage
-
-    if not (run_dir / "space.yaml").exists():
-        raise UserError(f"{run_dir} is not a search run directory (no space.yaml); run `rampsearch search` first")
-    space = load_space(run_dir / "space.yaml")
-    meta = json.loads((run_dir / "search.json").read_text()) if (run_dir / "search.json").exists() else {}
-    if meta.get("storage_kind") == "rdb" and not storage:
-        raise UserError(f"the study of {run_dir} lives in {meta['storage']}; pass the same --storage URL")
-    study = optuna.load_study(study_name=meta.get("study", space.name), storage=open_storage(run_dir, storage))
-    return space, study
+def retrain_settings(space: SearchSpace, **given: Any) -> RetrainSettings:
+    """Command-line values over the space's `retrain:` section; overrides merge key by key."""
+    overrides = given.pop("overrides", None) or {}
+    settings = replace(space.retrain, **{k: v for k, v in given.items() if v is not None})
+    for key in ("top", "seeds"):
+        value = getattr(settings, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"--{key} must be a positive integer, got {value!r}")
+    if settings.epochs is not None and (isinstance(settings.epochs, bool) or settings.epochs < 1):
+        raise UserError(f"--epochs must be a positive integer, got {settings.epochs!r}")
+    return replace(settings, overrides={**settings.overrides, **overrides})
 
 
-def plan(run_dir: Path, top: int, baselines: bool, storage: str | None = None) -> tuple[SearchSpace, list[Contender]]:
-    """The hand-set ramp, the top-`top` distinct within-budget schedules, and optional baselines."""
+def plan(run_dir: Path, settings_given: dict[str, Any], baselines: bool, storage: str | None = None) -> RetrainPlan:
+    """The hand-set ramp, the top-K distinct within-budget searched schedules, and optional ViT baselines."""
     space, study = load_run(run_dir, storage)
-    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    if not trials:
-        raise UserError(f"{run_dir}: the search has no complete trial yet")
-    base = space.baseline()
-    baseline_trial = next((t for t in trials if t.user_attrs.get("baseline")), None)
-    contenders = [Contender("handset", "ramp", base.flops, base.params, base.arch.to_dict(),
-                            list(base.ramp.ratios), proxy_score=baseline_trial.values[0] if baseline_trial else None,
-                            trial=baseline_trial.number if baseline_trial else None)]
-    seen = {(json.dumps(base.arch.to_dict(), sort_keys=True), tuple(base.ramp.ratios))}
-    feasible = [t for t in trials if not t.user_attrs.get("baseline")
-                and all(v <= 0 for v in t.constraints.values())]
-    for t in sorted(feasible, key=lambda t: (-t.values[0], t.number)):
-        key = (json.dumps(t.user_attrs["architecture"], sort_keys=True), tuple(t.user_attrs["ramp"]))
+    settings = retrain_settings(space, **settings_given)
+    searched = ranked_searched(study)
+    result = standing(study)
+    if result.handset is None and not searched:
+        raise UserError(f"{run_dir}: the search has no complete trial yet; run or continue `rampsearch search`")
+    handset = space.handset()
+    contenders = [Contender(HANDSET, "ramp", handset.flops, handset.params,
+                            ModelSpec.iformer(handset.arch, handset.ramp, space.img_size).to_dict(),
+                            proxy_score=result.handset.values[0] if result.handset else None,
+                            trial=result.handset.number if result.handset else None)]
+    seen = {(json.dumps(handset.arch.to_dict(), sort_keys=True), handset.ramp.ratios)}
+    for trial, record in searched:
+        key = (json.dumps(record.architecture, sort_keys=True), record.ramp)
         if key in seen:
             continue
         seen.add(key)
-        rank = sum(1 for c in contenders if c.name != "handset") + 1
-        contenders.append(Contender("best" if rank == 1 else f"top{rank}", "ramp", t.user_attrs["flops"],
-                                    t.user_attrs["params"], t.user_attrs["architecture"], t.user_attrs["ramp"],
-                                    proxy_score=t.values[0], trial=t.number))
-        if rank == top:
+        rank = len(contenders)
+        spec = ModelSpec.iformer(Architecture.from_dict(record.architecture), RampSchedule(record.ramp), space.img_size)
+        contenders.append(Contender("best" if rank == 1 else f"top{rank}", "ramp", record.flops, record.params,
+                                    spec.to_dict(), proxy_score=trial.values[0], trial=trial.number))
+        if rank == settings.top:
             break
     if baselines:
         from .baselines import baseline_models
 
-        budget = space.budget.gflops or base.flops / 1e9
-        for spec in baseline_models(budget, space.img_size, space.budget.num_classes):
-            contenders.append(Contender(spec.family, "baseline", spec.flops, spec.params, baseline=asdict(spec)))
-    return space, contenders
+        budget = space.budget.gflops or handset.flops / 1e9
+        for vit in baseline_models(budget, space.img_size, space.budget.num_classes):
+            contenders.append(Contender(vit.family, "vit", vit.flops, vit.params,
+                                        ModelSpec(vit.img_size, vit=vit).to_dict(), note=vit.note))
+    search = {"handset_scored_higher": result.handset_scored_higher, "sentence": result.sentence(),
+              "handset_proxy": result.handset.values[0] if result.handset else None,
+              "best_proxy": result.best.values[0] if result.best else None}
+    return RetrainPlan(space, settings, contenders, search)
+
+
+def inference_throughput(spec: ModelSpec) -> float:
+    """Images per second of the model's fp32 forward pass on this machine (eval, median of repeats)."""
+    import torch
+
+    model = build_model(spec, THROUGHPUT_CLASSES).eval()
+    x = torch.randn(THROUGHPUT_BATCH, 3, spec.img_size, spec.img_size)
+    times = []
+    with torch.inference_mode():
+        model(x)  # warm-up: first-call allocations and kernel selection
+        for _ in range(THROUGHPUT_REPEATS):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return THROUGHPUT_BATCH / statistics.median(times)
+
+
+def _earlier_throughput(plan_file: Path) -> dict[str, float]:
+    """Inference img/s an earlier run of this retraining measured, by model spec."""
+    if not plan_file.is_file():
+        return {}
+    earlier = read_json(plan_file, "retraining plan")
+    return {json.dumps(c["spec"], sort_keys=True): c["inference_img_s"] for c in earlier.get("contenders", [])
+            if c.get("spec") and c.get("inference_img_s")}
 
 
 def run_retrain(run_dir: str | Path, top: int | None = None, seeds: int | None = None, recipe: str | None = None,
-                epochs: int | None = None, baselines: bool = False, device: str | None = None,
-                storage: str | None = None, log: Callable[[str], None] = print) -> pd.DataFrame:
+                epochs: int | None = None, baselines: bool = False, device: str = "auto",
+                storage: str | None = None, overrides: dict[str, Any] | None = None,
+                keep_checkpoints: bool = False, log: Callable[[str], None] = print) -> pd.DataFrame:
     """Train every contender with every seed (resuming unfinished runs); return retrain/results.csv's rows."""
-    from .search.trial import run_trial
+    from .train import preflight
 
     run_dir = Path(run_dir)
-    if not (run_dir / "space.yaml").exists():
-        raise UserError(f"{run_dir} is not a search run directory (no space.yaml); run `rampsearch search` first")
-    settings = retrain_settings(load_space(run_dir / "space.yaml"), top=top, seeds=seeds, recipe=recipe,
-                                epochs=epochs)
-    space, contenders = plan(run_dir, settings["top"], baselines, storage)
+    retrain_plan = plan(run_dir, {"top": top, "seeds": seeds, "recipe": recipe, "epochs": epochs,
+                                  "overrides": overrides}, baselines, storage)
+    space, settings = retrain_plan.space, retrain_plan.settings
+
+    def config(contender: Contender, seed: int) -> dict[str, Any]:
+        return train_config(space, ModelSpec.from_dict(contender.spec), run_dir / "retrain" / contender.name /
+                            f"seed{seed}", device, epochs=settings.epochs, recipe=settings.recipe, seed=seed,
+                            overrides=settings.overrides, keep_checkpoints=keep_checkpoints)
+
+    for contender in retrain_plan.contenders:  # every model, before anything trains
+        preflight(config(contender, 0))
     out = run_dir / "retrain"
     out.mkdir(exist_ok=True)
-    command = " ".join(redact_url(a) if "://" in a else a for a in sys.argv)
-    (out / "plan.json").write_text(json.dumps({"settings": settings, "commands": [command],
-                                               "contenders": [asdict(c) for c in contenders]}, indent=2))
+    if retrain_plan.search["sentence"]:
+        log(f"note: {retrain_plan.search['sentence']}")
+    measured = _earlier_throughput(out / "plan.json")
+    for contender in retrain_plan.contenders:  # measured once: a rerun keeps what the first run measured
+        key = json.dumps(contender.spec, sort_keys=True)
+        contender.inference_img_s = measured.get(key) or round(
+            inference_throughput(ModelSpec.from_dict(contender.spec)), 1)
+    (out / "plan.json").write_text(json.dumps({
+        "settings": settings.to_dict(), "commands": [" ".join(redact_command(sys.argv))],
+        "search": retrain_plan.search, "contenders": [asdict(c) for c in retrain_plan.contenders]}, indent=2))
     rows = []
-    for contender in contenders:
-        for seed in range(settings["seeds"]):
+    for contender in retrain_plan.contenders:
+        for seed in range(settings.seeds):
             folder = out / contender.name / f"seed{seed}"
-            result_file = folder / "result.json"  # train.fit writes it when the run is complete
-            if result_file.exists():
+            if (folder / "result.json").exists():  # train.fit writes it when the run is complete
                 log(f"{contender.name} seed {seed}: done earlier")
             else:
-                log(f"{contender.name} seed {seed}: training ({settings['recipe']} recipe, "
-                    f"{settings['epochs'] or 'its'} epochs)")
-                run_trial(_config(space, contender, folder, seed, settings, device), report=lambda epoch, metrics: None)
-            result = json.loads(result_file.read_text())  # one source for fresh and resumed runs alike
+                log(f"{contender.name} seed {seed}: training ({settings.recipe} recipe, "
+                    f"{settings.epochs or 'its'} epochs)")
+                run_trial(config(contender, seed), report=lambda epoch, metrics: None)
+            result = read_json(folder / "result.json", "training result")  # one source, fresh or earlier
             rows.append({"name": contender.name, "kind": contender.kind, "seed": seed, "top1": result["top1"],
-                         "top5": result.get("top5"), "loss": result.get("loss"), "seconds": result["seconds"],
-                         "flops": contender.flops, "params": contender.params,
-                         "proxy_score": contender.proxy_score, "trial": contender.trial})
+                         "top5": result["top5"], "loss": result["loss"], "seconds": result["seconds"],
+                         "flops": contender.flops, "params": contender.params, "proxy_score": contender.proxy_score,
+                         "trial": contender.trial, "inference_img_s": contender.inference_img_s})
     frame = pd.DataFrame(rows)
     frame.to_csv(out / "results.csv", index=False)
     return frame
-
-
-def _config(space: SearchSpace, contender: Contender, folder: Path, seed: int, settings: dict[str, Any],
-            device: str | None) -> dict[str, Any]:
-    from .search.space import Candidate
-
-    if contender.kind == "ramp":
-        arch = Architecture.from_dict(contender.architecture)
-        candidate = space.candidate(arch, RampSchedule(tuple(contender.ramp)))
-    else:  # the baseline model replaces the iFormer; the data, recipe and seed stay the same
-        candidate = Candidate(space.base, RampSchedule.handset(space.base), contender.flops, contender.params)
-    config = train_config(space, candidate, folder, device, epochs=settings["epochs"], recipe=settings["recipe"],
-                          seed=seed)
-    if contender.kind == "baseline":
-        config["baseline"] = contender.baseline
-    return config
-

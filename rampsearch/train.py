@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -44,18 +45,25 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from .checkpoint import load_checkpoint, save_checkpoint, save_weights, write_json
+from .checkpoint import POINTER, drop_checkpoint, load_checkpoint, read_json, save_checkpoint, save_weights, write_json
 from .config import ConfigError, Recipe, TrainConfig, load_recipe
-from .data import SYNTHETIC, SyntheticImages, build_datasets
+from .data import SYNTHETIC, SyntheticImages, build_datasets, check_data
 from .errors import UserError
+from .model_spec import ModelSpec, build_model
 
 log = logging.getLogger(__name__)
 
 OnEpoch = Callable[[int, dict[str, float]], Any]
+FINAL_METRICS = ("top1", "top5", "loss", "train_loss")
 
 # Config fields that do not change what is trained, so a checkpoint can resume under other values.
-_RUNTIME_FIELDS = ("out", "device", "resume", "quiet", "recipe", "overrides")
+_RUNTIME_FIELDS = ("out", "device", "resume", "quiet", "recipe", "overrides", "keep_checkpoints")
 _RUNTIME_RECIPE_KEYS = ("compile", "eval_batch_size")
+
+
+# Without a terminal (a log file, a CI job) there is no progress bar; a line this often instead. At
+# the proxy recipe's batch of 64 that is every 3,200 images: a few lines a minute on a CPU.
+PLAIN_LOG_EVERY_STEPS = 50
 
 
 class StopTraining(Exception):
@@ -97,6 +105,47 @@ class _Process:
         return self.rank == 0
 
 
+def preflight(config: TrainConfig | Mapping[str, Any]) -> None:
+    """Check what would make `config` fail before it trains: device, model, recipe, data and memory.
+
+    Cheap (no data is loaded, no model is built), so a search runs it once before its first trial
+    and retraining before its first run: a wrong `--device`, recipe key or data path stops there
+    with one line, not after every trial has failed the same way.
+    """
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
+    device = resolve_device(cfg.device)
+    spec = model_spec(cfg)
+    recipe = load_recipe(cfg.recipe, cfg.overrides, spec.variant)
+    epochs = recipe.epochs if cfg.epochs is None else cfg.epochs
+    if not epochs > recipe.warmup_epochs + recipe.cooldown_epochs:
+        raise ConfigError(f"epochs ({epochs}) must exceed warmup_epochs ({recipe.warmup_epochs}) + "
+                          f"cooldown_epochs ({recipe.cooldown_epochs}); lower them with --set")
+    check_data(cfg.data, recipe, spec.img_size)
+    _check_activation_memory(spec, recipe.batch_size, device)
+
+
+# Refuses image sizes off by orders of magnitude, before anything is allocated. Training keeps about
+# this many fp32 tensors of each block's output size for the backward pass (an upper-bound guess:
+# norms, mixer branches, MLP hidden at 4x width); it is no exact memory model.
+ACTIVATION_TENSORS_PER_BLOCK = 24
+
+
+def _check_activation_memory(spec: ModelSpec, batch_size: int, device: str) -> None:
+    """Refuse a model whose training activations at this batch and image size cannot fit this machine."""
+    if spec.architecture is None:
+        return
+    arch, size = spec.architecture, spec.img_size
+    elements = sum(depth * width * (size // (4 * 2 ** s)) ** 2
+                   for s, (depth, width) in enumerate(zip(arch.depths, arch.embed_dims)))
+    needed = 4 * ACTIVATION_TENSORS_PER_BLOCK * batch_size * elements
+    available = (torch.cuda.get_device_properties(torch.device(device)).total_memory if device.startswith("cuda")
+                 else os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    if needed > available:
+        raise ConfigError(f"img_size {size} with batch_size {batch_size} needs about {needed / 2**30:,.0f} GiB for "
+                          f"training activations, more than this {device}'s {available / 2**30:,.0f} GiB; "
+                          "lower --img-size or batch_size (--set batch_size=N)")
+
+
 def fit(config: TrainConfig | Mapping[str, Any], on_epoch: OnEpoch | None = None) -> TrainResult:
     """Train (or resume) the run `config` describes and return its metrics; see the module doc."""
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
@@ -110,19 +159,30 @@ def fit(config: TrainConfig | Mapping[str, Any], on_epoch: OnEpoch | None = None
 
 # -- setup -------------------------------------------------------------------------------------------
 
+def resolve_device(device: str) -> str:
+    """'auto' (cuda when a GPU is there, else cpu), 'cpu', 'cuda' or 'cuda:N', checked against this machine."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if device != "cpu" and not match:
+        raise ConfigError(f"--device {device!r}: expected auto, cpu, cuda or cuda:N")
+    if match:
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA GPU is available on this machine; use --device cpu "
+                              "(or auto)")
+        if match[1] is not None and int(match[1]) >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
+                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
 def _start_process(device: str) -> _Process:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r}: no CUDA GPU is available; use --device cpu")
-        if world > 1:
-            device = f"cuda:{local_rank}"
-            torch.cuda.set_device(local_rank)
-    elif device != "cpu":
-        raise ConfigError(f"device {device!r}: expected auto, cpu, cuda or cuda:N")
+    device = resolve_device(device)
+    if device.startswith("cuda") and world > 1:
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(local_rank)
     owns = world > 1 and not dist.is_initialized()
     if owns:
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
@@ -148,41 +208,29 @@ def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if supported else None
 
 
-@dataclass
-class _ModelPlan:
-    build: Callable[[int, float], nn.Module]  # (num_classes, drop_path) -> model
-    variant: str | None
-    img_size: int
-    description: dict[str, Any]  # what identifies the model in a checkpoint
-
-
-def _model_plan(cfg: TrainConfig) -> _ModelPlan:
+def model_spec(cfg: TrainConfig) -> ModelSpec:
+    """The model a run trains: its variant or architecture with its ramp, or its ViT baseline."""
     from .architecture import VARIANTS, Architecture
-    from .models import build_iformer
     from .ramp import load_ramp, resolve_ramp
 
     if cfg.baseline is not None:
-        from .baselines import BaselineSpec, build_baseline
+        from .baselines import BaselineSpec
 
-        spec = BaselineSpec(**cfg.baseline)
-
-        def build_vit(num_classes: int, drop_path: float) -> nn.Module:
-            return build_baseline(dataclasses.replace(spec, kwargs={**spec.kwargs, "num_classes": num_classes}),
-                                  drop_path_rate=drop_path)
-        return _ModelPlan(build_vit, None, cfg.img_size or spec.img_size, {"baseline": cfg.baseline})
-
+        vit = BaselineSpec(**cfg.baseline)
+        return ModelSpec(cfg.img_size or vit.img_size, vit=vit)
     if (cfg.variant is None) == (cfg.architecture is None):
         raise ConfigError("give exactly one of `variant` and `architecture` (or a `baseline`)")
     arch = (Architecture.resolve(cfg.variant) if cfg.variant
             else Architecture.from_dict(cfg.architecture))
     ramp = load_ramp(cfg.ramp, arch) if isinstance(cfg.ramp, str) else resolve_ramp(cfg.ramp, arch)
-    img_size = cfg.img_size or (VARIANTS[arch.variant].img_size if arch.variant else 224)
+    return ModelSpec.iformer(arch, ramp, cfg.img_size or (VARIANTS[arch.variant].img_size if arch.variant else 224))
 
-    def build(num_classes: int, drop_path: float) -> nn.Module:
-        return build_iformer(**arch.build_kwargs(), ramp=ramp, img_size=img_size,
-                             num_classes=num_classes, drop_path_rate=drop_path)
-    return _ModelPlan(build, arch.variant, img_size,
-                      {"architecture": arch.to_dict(), "ramp": list(ramp.ratios)})
+
+def _description(spec: ModelSpec) -> dict[str, Any]:
+    """What identifies the model in a checkpoint."""
+    if spec.vit is not None:
+        return {"baseline": dataclasses.asdict(spec.vit)}
+    return {"architecture": spec.architecture.to_dict(), "ramp": list(spec.ramp.ratios)}
 
 
 def _loaders(data, recipe: Recipe, proc: _Process, seed: int, generator: torch.Generator):
@@ -220,7 +268,7 @@ def _loaders(data, recipe: Recipe, proc: _Process, seed: int, generator: torch.G
 class _Trainer:
     """The model and everything that updates it: optimizer, lr schedule, EMA, mixup and loss."""
 
-    def __init__(self, plan: _ModelPlan, recipe: Recipe, num_classes: int, steps: int, epochs: int,
+    def __init__(self, spec: ModelSpec, recipe: Recipe, num_classes: int, steps: int, epochs: int,
                  proc: _Process) -> None:
         from timm.data import Mixup
         from timm.loss import SoftTargetCrossEntropy
@@ -229,7 +277,7 @@ class _Trainer:
         from timm.utils import ModelEmaV3
 
         self.recipe, self.proc, self.steps = recipe, proc, steps
-        self.net = plan.build(num_classes, recipe.drop_path).to(proc.device)
+        self.net = build_model(spec, num_classes, recipe.drop_path).to(proc.device)
         if recipe.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.ema = ModelEmaV3(self.net, decay=recipe.ema_decay) if recipe.ema_decay else None
@@ -255,8 +303,12 @@ class _Trainer:
                           else nn.CrossEntropyLoss(label_smoothing=recipe.smoothing))
         self.amp = _amp_dtype(recipe.amp, proc.device)
 
-    def train_epoch(self, loader: DataLoader, epoch: int, bar) -> tuple[float, float, float]:
-        """One pass over `loader`; (mean training loss over all processes, seconds, last lr used)."""
+    def train_epoch(self, loader: DataLoader, epoch: int, bar, plain_log: bool) -> tuple[float, float, float]:
+        """One pass over `loader`; (mean training loss over all processes, seconds, last lr used).
+
+        With `plain_log` (output is not a terminal, so there is no bar), a log line every
+        PLAIN_LOG_EVERY_STEPS steps says how far the epoch is.
+        """
         from timm.utils import distribute_bn
 
         recipe, device = self.recipe, self.proc.device
@@ -282,7 +334,10 @@ class _Trainer:
                 self.ema.update(self.net, step=updates)
             loss_sum += loss.detach()  # no .item(): a GPU would wait for every step
             bar.update(1)
-            bar.set_postfix_str(f"{(step + 1) * recipe.batch_size / (time.perf_counter() - started):.0f} img/s")
+            img_s = (step + 1) * recipe.batch_size / (time.perf_counter() - started)
+            bar.set_postfix_str(f"{img_s:.0f} img/s")
+            if plain_log and (step + 1) % PLAIN_LOG_EVERY_STEPS == 0:
+                log.info("epoch %d step %d/%d  %.0f img/s", epoch + 1, step + 1, self.steps, img_s)
         seconds = time.perf_counter() - started
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step(epoch + 1)
@@ -313,23 +368,31 @@ class _Trainer:
 
 def _fit(cfg: TrainConfig, proc: _Process, on_epoch: OnEpoch | None) -> TrainResult:
     session_start = time.perf_counter()
-    plan = _model_plan(cfg)
-    recipe = load_recipe(cfg.recipe, cfg.overrides, plan.variant)
+    spec = model_spec(cfg)
+    recipe = load_recipe(cfg.recipe, cfg.overrides, spec.variant)
+    _check_activation_memory(spec, recipe.batch_size, str(proc.device))
     epochs = recipe.epochs if cfg.epochs is None else cfg.epochs
     seed = recipe.seed if cfg.seed is None else cfg.seed
     if not epochs > recipe.warmup_epochs + recipe.cooldown_epochs:
         raise ConfigError(f"epochs ({epochs}) must exceed warmup_epochs ({recipe.warmup_epochs}) + "
                           f"cooldown_epochs ({recipe.cooldown_epochs}); lower them with --set")
-    identity = _identity(cfg, recipe, plan, epochs, seed)
+    identity = _identity(cfg, recipe, spec, epochs, seed)
     out = Path(cfg.out) if cfg.out else None
-    resumed = _resume_point(out, identity) if out and cfg.resume else None
+    if out and cfg.resume:
+        _check_same_run(out, identity)
+        finished = _finished_result(out)
+        if finished is not None:
+            if proc.primary:
+                log.info("%s holds this run's finished result; not training again", out)
+            return finished
+    resumed = load_checkpoint(out) if out and cfg.resume else None
 
-    data = build_datasets(cfg.data, recipe, plan.img_size)
+    data = build_datasets(cfg.data, recipe, spec.img_size)
     generator = torch.Generator()
     train_loader, sampler, val_loader = _loaders(data, recipe, proc, seed, generator)
     steps = len(train_loader)
     _reseed(seed, 0)  # the same initial weights on every process
-    trainer = _Trainer(plan, recipe, data.num_classes, steps, epochs, proc)
+    trainer = _Trainer(spec, recipe, data.num_classes, steps, epochs, proc)
     history: list[dict[str, float]] = []
     start_epoch, earlier_seconds = 0, 0.0
     if resumed:
@@ -340,17 +403,21 @@ def _fit(cfg: TrainConfig, proc: _Process, on_epoch: OnEpoch | None) -> TrainRes
             log.info("resuming %s after epoch %d of %d", out, start_epoch, epochs)
     if out and proc.primary:
         out.mkdir(parents=True, exist_ok=True)
+        if not resumed:  # starting over (--no-resume): what an earlier run left must not pass for this one's
+            drop_checkpoint(out)
+            (out / "result.json").unlink(missing_ok=True)
         write_json(out / "config.json", identity)
 
     stopped = None
     bar = _progress_bar(cfg.quiet or not proc.primary, epochs * steps, start_epoch * steps)
+    plain_log = proc.primary and not cfg.quiet and not sys.stderr.isatty()
     for epoch in range(start_epoch, epochs):
         _reseed(seed, 1, epoch, proc.rank)
         sampler.set_epoch(epoch)
         generator.manual_seed(torch.initial_seed())  # this epoch's DataLoader worker seeds
         bar.set_description(f"epoch {epoch + 1}/{epochs}")
         started = time.perf_counter()
-        train_loss, train_seconds, lr = trainer.train_epoch(train_loader, epoch, bar)
+        train_loss, train_seconds, lr = trainer.train_epoch(train_loader, epoch, bar, plain_log)
         row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss,
                **trainer.evaluate(val_loader), "train_seconds": round(train_seconds, 3),
                "img_s": round(steps * recipe.batch_size / train_seconds, 1),
@@ -381,6 +448,8 @@ def _fit(cfg: TrainConfig, proc: _Process, on_epoch: OnEpoch | None) -> TrainRes
         if trainer.ema:
             save_weights(out / "model_ema.safetensors", trainer.ema.module.state_dict())
         write_json(out / "result.json", {**result.summary(), "history": history})
+        if not cfg.keep_checkpoints:
+            drop_checkpoint(out)  # the run is complete: model.safetensors and result.json are what is kept
     return result
 
 
@@ -430,29 +499,42 @@ def _after_epoch(on_epoch: OnEpoch | None, epoch: int, row: dict[str, float], pr
 
 # -- bookkeeping ---------------------------------------------------------------------------------------
 
-def _identity(cfg: TrainConfig, recipe: Recipe, plan: _ModelPlan, epochs: int, seed: int) -> dict[str, Any]:
+def _identity(cfg: TrainConfig, recipe: Recipe, spec: ModelSpec, epochs: int, seed: int) -> dict[str, Any]:
     """Everything that determines the trained weights; a checkpoint resumes only under the same."""
     run = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUNTIME_FIELDS}
-    run.update(plan.description, epochs=epochs, seed=seed, img_size=plan.img_size,
+    run.update(_description(spec), epochs=epochs, seed=seed, img_size=spec.img_size,
                data=cfg.data if cfg.data == SYNTHETIC else str(Path(cfg.data).resolve()))
     run.pop("variant")  # the architecture says it
     return {**run, "recipe": {k: v for k, v in recipe.to_dict().items() if k not in _RUNTIME_RECIPE_KEYS}}
 
 
-def _resume_point(out: Path, identity: dict[str, Any]):
-    checkpoint = load_checkpoint(out)
-    if checkpoint is None:
+def _check_same_run(out: Path, identity: dict[str, Any]) -> None:
+    """Refuse to train into `out` if it holds another run (finished or not): nothing of it may be lost."""
+    config_file = out / "config.json"
+    saved = read_json(config_file, "training config") if config_file.is_file() else None
+    if saved is None and (out / POINTER).is_file():  # a checkpoint from before config.json was written first
+        saved = load_checkpoint(out)[2]["identity"]
+    if saved is None or saved == identity:
+        return
+    changed = sorted(k for k in {*saved, *identity} if saved.get(k) != identity.get(k))
+    if "recipe" in changed:
+        changed.remove("recipe")
+        changed += [f"recipe.{k}" for k in sorted(identity["recipe"])
+                    if saved.get("recipe", {}).get(k) != identity["recipe"][k]]
+    raise ConfigError(f"{out} holds a different run (differs in {', '.join(changed)}); use another output "
+                      "directory, or resume=false (--no-resume) to start over there")
+
+
+def _finished_result(out: Path) -> TrainResult | None:
+    """The stored result of the run in `out` if it completed earlier, else None."""
+    result_file = out / "result.json"
+    if not result_file.is_file():
         return None
-    saved = checkpoint[2]["identity"]
-    if saved != identity:
-        changed = sorted(k for k in {*saved, *identity} if saved.get(k) != identity.get(k))
-        if "recipe" in changed:
-            changed.remove("recipe")
-            changed += [f"recipe.{k}" for k in sorted(identity["recipe"])
-                        if saved.get("recipe", {}).get(k) != identity["recipe"][k]]
-        raise ConfigError(f"{out} holds a checkpoint of a different run (differs in {', '.join(changed)}); "
-                          "use another output directory, or resume=false (--no-resume) to start over there")
-    return checkpoint
+    stored = read_json(result_file, "training result")
+    history = stored["history"]
+    best = max(history, key=lambda row: row["top1"])
+    return TrainResult({k: history[-1][k] for k in FINAL_METRICS}, dict(best), history, stored["seconds"],
+                       stored["params"], stored["img_s"], stored["epochs"], stored.get("stopped"), str(out))
 
 
 def _write_csv(path: Path, history: list[dict[str, float]]) -> None:
@@ -470,7 +552,7 @@ def _result(history: list[dict[str, float]], seconds: float, params: int, stoppe
         raise ConfigError("no epoch was trained")
     best = max(history, key=lambda row: row["top1"])
     img_s = sum(row["img_s"] for row in history) / len(history)
-    final = {k: history[-1][k] for k in ("top1", "top5", "loss", "train_loss")}
+    final = {k: history[-1][k] for k in FINAL_METRICS}
     return TrainResult(final, dict(best), history, seconds, params, img_s, len(history), stopped,
                        str(out) if out else None)
 

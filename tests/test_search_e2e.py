@@ -1,4 +1,4 @@
-"""Real searches on a tiny space: both backends, budget, baseline first, kill and resume, faults, PostgreSQL."""
+"""Real searches on a tiny space: both backends, budget, hand-set ramp first, kill and resume, faults, PostgreSQL."""
 from __future__ import annotations
 
 import json
@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 
 import pg  # tests/pg.py
+from rampsearch.errors import RunFailed
 from rampsearch.search import SearchOptions, run_search
+from rampsearch.search.record import TrialRecord
 from rampsearch.search.space import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,10 +33,10 @@ def _check_outputs(run_dir: Path, trained: int) -> pd.DataFrame:
         assert column in frame.columns
     space = load_space(TINY)
     first = frame.iloc[0]
-    assert first["baseline"] and json.loads(first["ramp"]) == list(space.baseline().ramp.ratios)
+    assert first["handset"] and json.loads(first["ramp"]) == list(space.handset().ramp.ratios)
     budget = space.budget.gflops * 1e9
     trained_rows = frame[frame["state"].isin(["COMPLETE", "PRUNED", "FAIL"])]
-    assert (trained_rows[~trained_rows["baseline"]]["flops"] <= budget).all()  # nothing over budget trained
+    assert (trained_rows[~trained_rows["handset"]]["flops"] <= budget).all()  # nothing over budget trained
     assert (frame[frame["state"] == "OVER_BUDGET"]["flops"] > budget).all()
     assert len(trained_rows) == trained
     best = (run_dir / "best.yaml").read_text()
@@ -76,14 +78,15 @@ def test_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, monkeypatch)
 def test_diverging_training_fails_with_its_reason(tmp_path):
     space = tmp_path / "space.yaml"
     space.write_text(TINY.read_text().replace("    workers: 0", "    workers: 0\n    lr: 1.0e+12\n    clip_grad: null"))
-    run_search(space, tmp_path / "run", SearchOptions(trials=1, study="tiny"), "optuna", show_progress=False,
-               log=lambda m: None)
+    with pytest.raises(RunFailed, match="no trial completed; 1 failed, the first with: TrainingDiverged"):
+        run_search(space, tmp_path / "run", SearchOptions(trials=1, study="tiny"), "optuna", show_progress=False,
+                   log=lambda m: None)
     row = pd.read_csv(tmp_path / "run" / "trials.csv").iloc[0]
     assert row["state"] == "FAIL" and "diverged" in row["reason"]
 
 
 def _states(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
-    from rampsearch.search.optuna_backend import open_storage
+    from rampsearch.search.study import open_storage
 
     try:
         return optuna.load_study(study_name="tiny", storage=open_storage(run_dir, None)).get_trials()
@@ -173,11 +176,11 @@ def test_postgresql_study_shared_by_two_processes(tmp_path):
             assert p.returncode == 0, err[-3000:]
             assert "s3cret-password" not in out + err  # the password never shows
         study = optuna.load_study(study_name="shared", storage=url)
-        trained = [t for t in study.trials if not t.user_attrs.get("infeasible")]
-        workers = {t.user_attrs["worker"]["pid"] for t in trained}
+        trained = [TrialRecord.of(t) for t in study.trials if not TrialRecord.of(t).over_budget]
+        workers = {r.worker["pid"] for r in trained}
         assert len(workers) == 2  # both processes worked on the one study
         assert 4 <= len(trained) <= 5  # a race can let both start the last trial
-        assert sum(t.user_attrs.get("baseline", False) for t in study.trials) == 1
+        assert sum(TrialRecord.of(t).handset for t in study.trials) == 1
         meta = json.loads((tmp_path / "machine1" / "search.json").read_text())
         assert "s3cret-password" not in json.dumps(meta) and "***" in meta["storage"]
 
@@ -185,7 +188,47 @@ def test_postgresql_study_shared_by_two_processes(tmp_path):
 def test_worker_processes_share_the_journal_study(tmp_path):
     outcome = run_search(TINY, tmp_path / "run", SearchOptions(trials=4, study="tiny", workers=2), "optuna",
                          show_progress=False, log=lambda m: None)
-    trials = [t for t in outcome.study.get_trials() if not t.user_attrs.get("infeasible")]
+    trials = [TrialRecord.of(t) for t in outcome.study.get_trials() if not TrialRecord.of(t).over_budget]
     assert len(trials) == 4  # the count is shared: the two workers do not each run four
-    assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 2
+    assert len({r.worker["pid"] for r in trials}) == 2
     _check_outputs(tmp_path / "run", trained=4)
+
+
+def test_ctrl_c_marks_the_running_trial_interrupted_and_the_rerun_retries_it(tmp_path):
+    run_dir = tmp_path / "run"
+    space = tmp_path / "space.yaml"  # longer trials, so the interrupt surely lands inside one
+    space.write_text(TINY.read_text().replace("  epochs: 2\n  data:", "  epochs: 8\n  data:"))
+    command = [*CLI, "search", str(space), "--out", str(run_dir), "--trials", "2", "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:  # interrupt while the first trial has trained an epoch
+        running = [t for t in _states(run_dir) if t.state == optuna.trial.TrialState.RUNNING] \
+            if (run_dir / "study.journal").exists() else []
+        if running and TrialRecord.of(running[0]).history:
+            break
+        time.sleep(0.3)
+    else:
+        process.kill()
+        pytest.fail("the search never trained an epoch")
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Traceback" not in err
+    interrupted = [t for t in _states(run_dir) if TrialRecord.of(t).interrupted]
+    assert len(interrupted) == 1 and interrupted[0].state == optuna.trial.TrialState.FAIL
+    assert "Ctrl-C" in TrialRecord.of(interrupted[0]).reason
+    folder = run_dir / "trials" / f"{interrupted[0].number:04d}"
+    assert json.loads((folder / "checkpoint.json").read_text())["epoch"] >= 1  # what the retry resumes from
+
+    subprocess.run(command, check=True, capture_output=True, timeout=600)
+    frame = pd.read_csv(run_dir / "trials.csv")
+    retry = frame[frame["retry_of"] == interrupted[0].number]
+    assert len(retry) == 1 and retry.iloc[0]["state"] == "COMPLETE"
+    assert retry.iloc[0]["ramp"] == frame.loc[frame["number"] == interrupted[0].number, "ramp"].iloc[0]
+    # the interrupted trial does not count towards --trials: two trained trials besides it
+    assert frame["state"].isin(["COMPLETE", "PRUNED"]).sum() == 2
+    # the retry trained in the interrupted trial's folder (so it resumed there), each epoch once
+    assert pd.read_csv(folder / "metrics.csv")["epoch"].tolist() == list(range(1, 9))
+    # a finished training keeps its weights and metrics, not its resume state
+    assert (folder / "model.safetensors").exists() and not (folder / "checkpoint.json").exists()
+    assert not list(folder.glob("ckpt-*"))

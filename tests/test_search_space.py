@@ -19,7 +19,7 @@ NANO = {"architecture": {"variant": "nano"}, "img_size": 64}
 def test_shipped_spaces_validate(path):
     space = load_space(path)
     low, high, _ = check_budget(space)
-    assert low <= space.baseline().flops <= high
+    assert low <= space.handset().flops <= high
 
 
 @pytest.mark.parametrize("data,message", [
@@ -33,7 +33,17 @@ def test_shipped_spaces_validate(path):
     ({**NANO, "budget": {"gflops": "a lot"}}, "budget.gflops: expected a positive number, got 'a lot'"),
     ({**NANO, "objectives": ["flops"]}, "objectives: expected a list containing 'accuracy'"),
     ({**NANO, "search": {"sampler": "bayes"}}, r"search.sampler: 'bayes' is not one of"),
-    ({**NANO, "search": {"trials": 0}}, "search.trials: expected a positive integer"),
+    ({**NANO, "search": {"trials": 0}}, "search.trials: expected an integer >= 1, got 0"),
+    ({**NANO, "search": {"trials": True}}, "search.trials: expected an integer >= 1, got True"),
+    ({**NANO, "search": {"seed": -1}}, "search.seed: expected an integer >= 0, got -1"),
+    ({**NANO, "img_size": True}, "img_size: expected an integer >= 32, got True"),
+    ({**NANO, "proxy": {"epochs": 0}}, "proxy.epochs: expected an integer >= 1, got 0"),
+    ({**NANO, "proxy": {"overrides": {"lr_typo": 1}}}, "proxy: .*unknown recipe key 'lr_typo'"),
+    ({**NANO, "proxy": {"overrides": {"batch_size": "big"}}}, "proxy: batch_size: expected int"),
+    ({**NANO, "proxy": {"recipe": "fast"}}, "proxy: recipe 'fast' is neither a shipped recipe"),
+    ({**NANO, "retrain": {"seeds": 0}}, "retrain.seeds: expected an integer >= 1, got 0"),
+    ({**NANO, "retrain": {"top": False}}, "retrain.top: expected an integer >= 1, got False"),
+    ({**NANO, "budget": {"num_classes": 1}}, "budget.num_classes: expected an integer >= 2, got 1"),
     ({**NANO, "objectives": ["accuracy", "flops"], "search": {"sampler": "cmaes"}}, "cmaes is single-objective"),
     ({**NANO, "search_architecture": {"depths": [[1, 2]]}}, "search_architecture.depths: expected 4 lists"),
     ({**NANO, "search_architecture": {"embed_dims": [[64], [128], [200], [256]]}},
@@ -53,6 +63,14 @@ def test_load_space_file_errors(tmp_path):
     bad.write_text("architecture: [unclosed\n")
     with pytest.raises(SpaceError, match="bad.yaml is not valid YAML"):
         load_space(bad)
+
+
+def test_proxy_epochs_resolved_once_from_the_recipe():
+    assert parse_space(NANO).proxy.epochs == 3  # the proxy recipe's epochs, not a backend's default
+    assert parse_space({**NANO, "proxy": {"epochs": 5}}).proxy.epochs == 5
+    assert parse_space(NANO, overrides={"epochs": 4}).proxy.epochs == 4
+    with pytest.raises(SpaceError, match=r"--set: .*unknown recipe key 'nope'"):
+        parse_space(NANO, source="s.yaml", overrides={"nope": 1})
 
 
 def test_budget_that_excludes_everything_stops_with_the_range():
@@ -75,7 +93,7 @@ def _sample(space, seed=0, n=30):
 
 
 @pytest.mark.parametrize("kind", sorted(PARAMETERIZATIONS))
-def test_parameterizations_give_valid_ramps_and_reproduce_the_baseline(kind):
+def test_parameterizations_give_valid_ramps_and_reproduce_the_handset_ramp(kind):
     space = parse_space({"architecture": {"variant": "small"}, "ramp": {"parameterization": kind}})
     for candidate in _sample(space):
         candidate.ramp.channels(candidate.arch)  # valid for every block
@@ -83,12 +101,12 @@ def test_parameterizations_give_valid_ramps_and_reproduce_the_baseline(kind):
             assert list(candidate.ramp.ratios) == sorted(candidate.ramp.ratios, reverse=True)
     # The enqueued first trial maps to the exact hand-set ramp whatever the parameterization.
     study = optuna.create_study()
-    study.enqueue_trial(space.baseline_params())
+    study.enqueue_trial(space.handset_params())
     baseline = space.suggest(study.ask())
-    assert baseline.baseline and baseline.ramp == RampSchedule.handset(space.base)
+    assert baseline.handset and baseline.ramp == RampSchedule.handset(space.base)
     if kind in ("free", "monotone"):  # these express it exactly
         assert space.parameterization.suggest(
-            optuna.trial.FixedTrial(space.baseline_params()), space.base, 0.0, 1.0) == baseline.ramp
+            optuna.trial.FixedTrial(space.handset_params()), space.base, 0.0, 1.0) == baseline.ramp
 
 
 def test_budget_constraints_recorded_before_training():

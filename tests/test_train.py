@@ -240,3 +240,28 @@ def test_two_process_gloo_ddp_trains_resumes_and_only_rank0_writes(tmp_path):
     assert crashed[0] == "simulated crash" and "rank 0" in crashed[1]  # rank 1 is told, does not hang
     resumed = _ddp(tmp_path / "cut")
     assert resumed[0] == whole[0]
+
+
+def test_weights_get_the_same_permissions_as_every_other_file(tmp_path):
+    import stat
+
+    from rampsearch.checkpoint import save_checkpoint, save_weights, write_json
+
+    save_weights(tmp_path / "model.safetensors", {"w": torch.zeros(2)})
+    save_checkpoint(tmp_path, 1, {"w": torch.zeros(2)}, {"m": torch.ones(1)})
+    write_json(tmp_path / "result.json", {})
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert len(set(modes.values())) == 1, modes
+
+
+def test_a_finished_run_drops_its_resume_state_unless_asked_to_keep_it(tmp_path):
+    first = fit(tiny(tmp_path / "lean", epochs=1))
+    names = {p.name for p in (tmp_path / "lean").iterdir()}
+    assert {"model.safetensors", "metrics.csv", "result.json", "config.json"} <= names
+    assert "checkpoint.json" not in names and not any(n.startswith("ckpt-") for n in names)
+    fit(replace(tiny(tmp_path / "kept", epochs=1), keep_checkpoints=True))
+    assert (tmp_path / "kept" / "checkpoint.json").exists() and list((tmp_path / "kept").glob("ckpt-1.*"))
+    # rerunning a finished run returns its stored result instead of training it again from scratch
+    called = []
+    again = fit(tiny(tmp_path / "lean", epochs=1), on_epoch=lambda epoch, row: called.append(epoch))
+    assert again.final == first.final and again.history == first.history and called == []

@@ -1,10 +1,12 @@
 """Ramp (and architecture) search under a FLOPs budget.
 
-The seams: `space` (what to search, from YAML; candidates and their budget), `parameterizations`
-(how a ramp becomes sampler parameters), `trial` (one proxy training through `train.fit`), the
-backends (`optuna_backend`, `ray_backend`: how trials are scheduled) and `results` (the run
-directory's files). A backend is a module with `run(space, space_file, run_dir, options, progress)`
-returning the Optuna study that holds its trials; register it in BACKENDS.
+The seams: `space` (what to search, from YAML, with its typed proxy/search/retrain settings;
+candidates and their budget), `parameterizations` (how a ramp becomes sampler parameters), `record`
+(what a trial stores), `study` (where trials live: storage, samplers, pruners, mending interrupted
+trials), `trial` (one proxy training through `train.fit`), the backends (`optuna_backend`,
+`ray_backend`: how trials are scheduled; they import the seams, never each other) and `results`
+(the run directory's files). A backend is a module with `run(space, space_file, run_dir, options,
+progress)` returning the Optuna study that holds its trials; register it in BACKENDS.
 """
 from __future__ import annotations
 
@@ -16,15 +18,19 @@ import time
 from dataclasses import dataclass
 from importlib import import_module
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 
-from ..errors import UserError
+from ..errors import RunFailed, UserError, ensure_directory
+from ..redact import redact, redact_command
 from .options import SearchOptions
 from .progress import Progress, counts
-from .results import best_trial, redact_url, write_outputs
+from .record import FAILED, INTERRUPTED, TrialRecord
+from .results import Standing, standing, write_outputs
 from .space import SearchSpace, check_budget, load_space
+from .study import search_metadata
+from .trial import candidate_spec, train_config
 
 BACKENDS = {"optuna": "rampsearch.search.optuna_backend", "ray": "rampsearch.search.ray_backend"}
 
@@ -37,27 +43,36 @@ class SearchOutcome:
     counts: dict[str, Any]
     flops_range: tuple[int, int]
     seconds: float
+    standing: Standing
 
     def summary(self) -> dict[str, Any]:
-        best = best_trial(self.study)
+        best = self.standing.best
+        record = TrialRecord.of(best) if best is not None else None
+        handset = self.standing.handset
         return {
             "run_dir": str(self.run_dir), "study": self.study.study_name, "counts": self.counts,
             "flops_range": list(self.flops_range), "seconds": round(self.seconds, 1),
             "files": {k: str(v) for k, v in self.paths.items()},
             "best": None if best is None else {
-                "trial": best.number, "accuracy": best.values[0], "flops": best.user_attrs["flops"],
-                "params": best.user_attrs["params"], "ramp": best.user_attrs["ramp"],
-                "baseline": bool(best.user_attrs.get("baseline"))},
+                "trial": best.number, "accuracy": best.values[0], "flops": record.flops,
+                "params": record.params, "ramp": list(record.ramp)},
+            "handset": None if handset is None else {"trial": handset.number, "accuracy": handset.values[0]},
+            "handset_scored_higher": self.standing.handset_scored_higher,
+            "note": self.standing.sentence(),
         }
 
 
-def prepare_run_dir(space_file: Path, run_dir: Path) -> None:
-    """Create the run directory with a copy of the space; refuse to mix two spaces in one directory."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+def prepare_run_dir(space_file: Path, run_dir: Path, overrides: dict[str, Any]) -> None:
+    """Create the run directory with a copy of the space; refuse to mix two spaces (or --set) in one."""
+    ensure_directory(run_dir, "--out")
     copy = run_dir / "space.yaml"
     if copy.exists() and copy.read_text() != space_file.read_text():
         raise UserError(f"{run_dir} holds a search of a different space ({copy} differs from {space_file}); "
                         "use another --out, or delete the directory to start over")
+    earlier = search_metadata(run_dir).get("set", {})
+    if copy.exists() and earlier != overrides:
+        raise UserError(f"{run_dir} was searched with --set {earlier or '(none)'}, not {overrides or '(none)'}; "
+                        "rerun with the same --set values, or use another --out")
     if not copy.exists():
         shutil.copyfile(space_file, copy)
 
@@ -65,31 +80,54 @@ def prepare_run_dir(space_file: Path, run_dir: Path) -> None:
 def write_metadata(run_dir: Path, options: SearchOptions, backend: str) -> None:
     import torch
 
-    old = run_dir / "search.json"
-    meta = json.loads(old.read_text()) if old.exists() else {}
-    meta |= {"command": [redact_url(a) if "://" in a else a for a in sys.argv], "backend": backend,
-            "study": options.study, "storage": redact_url(options.storage) or "study.journal",
-            "storage_kind": "rdb" if options.storage else "journal",
-            "python": platform.python_version(), "torch": torch.__version__, "optuna": optuna.__version__,
-            "platform": platform.platform()}
+    meta = search_metadata(run_dir)
+    meta |= {"command": redact_command(sys.argv), "backend": backend, "study": options.study,
+             "storage": redact(options.storage) or "study.journal",
+             "storage_kind": "rdb" if options.storage else "journal",
+             "set": options.overrides, "python": platform.python_version(), "torch": torch.__version__,
+             "optuna": optuna.__version__, "platform": platform.platform()}
     meta.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     (run_dir / "search.json").write_text(json.dumps(meta, indent=2))
 
 
+def preflight(space: SearchSpace, options: SearchOptions) -> None:
+    """Check, once before the first trial, what would make every trial fail: device, recipe, data, memory."""
+    from ..train import preflight as check_training
+
+    check_training(train_config(space, candidate_spec(space, space.handset()), Path("unused"), options.device))
+
+
+def _failure(study: optuna.Study) -> str:
+    """Why a search completed no trial, from its trials' records."""
+    records = [TrialRecord.of(t) for t in study.get_trials(deepcopy=False)]
+    reasons = [r.reason for r in records if r.status in (FAILED, INTERRUPTED) and r.reason]
+    over = sum(r.over_budget for r in records)
+    if reasons:
+        return f"no trial completed; {len(reasons)} failed, the first with: {redact(reasons[0])}"
+    if over:
+        return f"no trial completed: the sampler proposed {over} over-budget candidates; loosen the budget"
+    return "no trial completed (every trained trial was pruned); lower the pruner's aggressiveness or add trials"
+
+
 def run_search(space_file: str | Path, run_dir: str | Path, options: SearchOptions, backend: str = "optuna",
-               show_progress: bool = True, log=print) -> SearchOutcome:
-    """Validate the space and its budget, run (or resume) the search, write the run directory's files."""
+               show_progress: bool = True, log: Callable[[str], None] = print) -> SearchOutcome:
+    """Validate the space, its budget and what every trial needs; run (or resume) the search; write its files.
+
+    Raises UserError (bad input, before anything trains) or RunFailed (no trial completed).
+    """
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our progress line says what matters
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials.csv and our progress say what matters, no tracebacks
     space_file, run_dir = Path(space_file), Path(run_dir)
-    space = load_space(space_file)
+    space = load_space(space_file, options.overrides)
     low, high, warning = check_budget(space)
+    preflight(space, options)
     budget = f"budget {space.budget.gflops} GFLOPs" if space.budget.gflops else "no FLOPs budget"
-    log(f"space {space.name}: candidates span {low / 1e9:.4g}-{high / 1e9:.4g} GFLOPs at {space.img_size}px; {budget}")
+    log(f"space {space.name}: candidates span {low / 1e9:.4g}-{high / 1e9:.4g} GFLOPs at {space.img_size}px; "
+        f"{budget}; {options.trials} trials of {space.proxy.epochs} proxy epochs")
     if warning:
         log(f"warning: {warning}")
-    prepare_run_dir(space_file, run_dir)
+    prepare_run_dir(space_file, run_dir, options.overrides)
     write_metadata(run_dir, options, backend)
     start = time.perf_counter()
     progress = Progress(options.trials, enabled=show_progress)
@@ -103,8 +141,11 @@ def run_search(space_file: str | Path, run_dir: str | Path, options: SearchOptio
     meta = json.loads(meta_file.read_text())
     meta["seconds"] = round(meta.get("seconds", 0) + time.perf_counter() - start, 1)  # summed over resumes
     meta_file.write_text(json.dumps(meta, indent=2))
-    return SearchOutcome(run_dir, study, paths, counts(study.get_trials(deepcopy=False)), (low, high),
-                         time.perf_counter() - start)
+    outcome = SearchOutcome(run_dir, study, paths, counts(study.get_trials(deepcopy=False)), (low, high),
+                            time.perf_counter() - start, standing(study))
+    if outcome.counts["done"] == 0:
+        raise RunFailed(f"search {run_dir}: {_failure(study)} (trials.csv has every trial's reason)")
+    return outcome
 
 
-__all__ = ["BACKENDS", "SearchOptions", "SearchOutcome", "SearchSpace", "load_space", "run_search"]
+__all__ = ["BACKENDS", "SearchOptions", "SearchOutcome", "SearchSpace", "load_space", "preflight", "run_search"]

@@ -1,4 +1,4 @@
-"""The live progress line of a search: trials done/pruned/failed, best so far, ETA."""
+"""The live progress of a search: trials done/pruned/failed and the best so far, and each trial's epochs."""
 from __future__ import annotations
 
 import sys
@@ -6,13 +6,15 @@ from typing import Iterable
 
 from optuna.trial import FrozenTrial, TrialState
 
+from .record import TrialRecord
+
 
 def counts(trials: Iterable[FrozenTrial]) -> dict[str, int | float | None]:
     """Trial counts by outcome and the best accuracy (first objective) among complete trials."""
     out: dict[str, int | float | None] = {"done": 0, "pruned": 0, "failed": 0, "over_budget": 0, "running": 0,
                                           "best": None}
     for t in trials:
-        if t.user_attrs.get("infeasible"):
+        if TrialRecord.of(t).over_budget:
             out["over_budget"] += 1
         elif t.state == TrialState.COMPLETE:
             out["done"] += 1
@@ -25,6 +27,11 @@ def counts(trials: Iterable[FrozenTrial]) -> dict[str, int | float | None]:
         elif t.state == TrialState.RUNNING:
             out["running"] += 1
     return out
+
+
+def epoch_line(trial: int, epoch: int, metrics: dict[str, float]) -> str:
+    """One line per trained epoch of a trial: how far it is and how fast it trains."""
+    return f"trial {trial}: epoch {epoch}  top-1 {metrics['top1']:.2f}%  {metrics.get('img_s', 0):.0f} img/s"
 
 
 class Progress:
@@ -51,6 +58,9 @@ class Progress:
         elif self.enabled and status != self._last:
             print(f"search: {finished}/{self.bar.total} trials, {status}", file=sys.stderr, flush=True)
         self._last = status
+
+    def epoch(self, trial: int, epoch: int, metrics: dict[str, float]) -> None:
+        self.note(epoch_line(trial, epoch, metrics))
 
     def note(self, message: str) -> None:
         if self.enabled:

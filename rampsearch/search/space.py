@@ -8,7 +8,7 @@ NSGA-II and GP samplers use to steer away from over-budget regions.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from ..errors import UserError, read_yaml_mapping
 from ..flops import flops_model
 from ..ramp import RampSchedule
 from .parameterizations import PARAMETERIZATIONS, Knots, Parameterization
+from .record import OVER_BUDGET, TrialRecord
 
 SAMPLERS = ("tpe", "nsga2", "gp", "cmaes", "random")
 PRUNERS = ("median", "hyperband", "none")
@@ -52,7 +53,7 @@ class Candidate:
     flops: int
     params: int
     violations: dict[str, float] = field(default_factory=dict)
-    baseline: bool = False
+    handset: bool = False  # the base architecture with its hand-set ramp
 
     @property
     def feasible(self) -> bool:
@@ -61,6 +62,13 @@ class Candidate:
     def describe_violation(self) -> str:
         parts = [f"{k} over budget by {v:.4g}" for k, v in self.violations.items() if v > 0]
         return "; ".join(parts) or "within budget"
+
+    def record(self, seed: int | None = None) -> TrialRecord:
+        """The trial record of this candidate (before it trains)."""
+        status, reason = (None, None) if self.feasible or self.handset else (
+            OVER_BUDGET, f"over budget, never trained: {self.describe_violation()}")
+        return TrialRecord(architecture=self.arch.to_dict(), ramp=self.ramp.ratios, flops=self.flops,
+                           params=self.params, handset=self.handset, status=status, reason=reason, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,40 @@ class ArchChoices:
 
 
 @dataclass(frozen=True)
+class ProxySettings:
+    """How each candidate is scored: a short training (`proxy:` in the space)."""
+
+    epochs: int  # resolved once: the space's proxy.epochs, else its recipe's epochs
+    data: str = "synthetic-freq"
+    recipe: str = "proxy"
+    overrides: dict[str, Any] = field(default_factory=dict)  # recipe keys (`proxy.overrides`, `--set`)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How the sampler runs (`search:` in the space)."""
+
+    trials: int = 20
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """How the best schedules are retrained (`retrain:` in the space; command-line flags win)."""
+
+    top: int = 1
+    seeds: int = 3
+    recipe: str = "paper"
+    epochs: int | None = None  # None: the recipe's
+    overrides: dict[str, Any] = field(default_factory=dict)  # recipe keys, over proxy.overrides
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     name: str
     base: Architecture
@@ -119,9 +161,9 @@ class SearchSpace:
     arch_choices: ArchChoices | None
     budget: Budget
     objectives: tuple[str, ...]
-    proxy: dict[str, Any]
-    search: dict[str, Any]
-    retrain: dict[str, Any] = field(default_factory=dict)
+    proxy: ProxySettings
+    search: SearchSettings
+    retrain: RetrainSettings = RetrainSettings()
     source: str = ""
 
     @property
@@ -133,39 +175,35 @@ class SearchSpace:
         return len(self.objectives) > 1
 
     # -- candidates ---------------------------------------------------------------------------------
-    def candidate(self, arch: Architecture, ramp: RampSchedule, baseline: bool = False) -> Candidate:
+    def candidate(self, arch: Architecture, ramp: RampSchedule, handset: bool = False) -> Candidate:
         model = flops_model(arch, self.img_size, self.budget.num_classes)
         heads = ramp.high_heads(arch)
         flops, params = model.of_heads(heads), model.params_of_heads(heads)
-        return Candidate(arch, ramp, flops, params, self.budget.violations(flops, params), baseline)
+        return Candidate(arch, ramp, flops, params, self.budget.violations(flops, params), handset)
 
-    def baseline(self) -> Candidate:
+    def handset(self) -> Candidate:
         """The base architecture with its hand-set ramp: the trial every study starts with."""
-        return self.candidate(self.base, RampSchedule.handset(self.base), baseline=True)
+        return self.candidate(self.base, RampSchedule.handset(self.base), handset=True)
 
-    def baseline_params(self) -> dict[str, Any]:
+    def handset_params(self) -> dict[str, Any]:
         low, high = self.ratio_range
         params = self.arch_choices.params_of(self.base) if self.arch_choices else {}
         params.update(self.parameterization.params_of(RampSchedule.handset(self.base), self.base, low, high))
         return params
 
     def suggest(self, trial: Any) -> Candidate:
-        """Define-by-run: sample a candidate, record its FLOPs/params and budget constraints on the trial.
+        """Define-by-run: sample a candidate, save its record and budget constraints on the trial.
 
         The enqueued first trial (the baseline's params) gets the exact hand-set ramp, even when the
         parameterization can only approximate it (e.g. one ratio per stage).
         """
         arch = self.arch_choices.suggest(trial, self.base) if self.arch_choices else self.base
         ramp = self.parameterization.suggest(trial, arch, *self.ratio_range)
-        is_baseline = dict(trial.params) == self.baseline_params()
-        candidate = self.baseline() if is_baseline else self.candidate(arch, ramp)
+        is_handset = dict(trial.params) == self.handset_params()
+        candidate = self.handset() if is_handset else self.candidate(arch, ramp)
         for key, value in candidate.violations.items():
             trial.set_constraint(key, value)
-        trial.set_user_attr("flops", candidate.flops)
-        trial.set_user_attr("params", candidate.params)
-        trial.set_user_attr("ramp", list(candidate.ramp.ratios))
-        trial.set_user_attr("architecture", candidate.arch.to_dict())
-        trial.set_user_attr("baseline", candidate.baseline)
+        candidate.record(self.search.seed).save(trial.set_user_attr)
         return candidate
 
     # -- budget -------------------------------------------------------------------------------------
@@ -271,13 +309,72 @@ def _allowed_values(choices: ArchChoices, name: str) -> list:
     return list((choices.embed_dims if kind == "dim" else choices.pool_sizes)[s])
 
 
-def load_space(path: str | Path) -> SearchSpace:
-    """Read and validate a search-space YAML file."""
+def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
+    """Read and validate a search-space YAML file; `overrides` (`--set`) go over its proxy.overrides."""
     data = read_yaml_mapping(path, "search space", SpaceError)
-    return parse_space(data, str(path), default_name=Path(path).stem)
+    return parse_space(data, str(path), default_name=Path(path).stem, overrides=overrides)
 
 
-def parse_space(data: Any, source: str = "<space>", default_name: str = "search") -> SearchSpace:
+def _integer(value: Any, source: str, key: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _err(source, key, f"expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _proxy_settings(data: Any, source: str, base: Architecture, overrides: dict[str, Any] | None) -> ProxySettings:
+    """The proxy section, its recipe and overrides checked now, and its epochs resolved once."""
+    from ..config import ConfigError, load_recipe
+
+    proxy = _mapping(data, source, "proxy", {"epochs", "data", "recipe", "overrides"})
+    if not isinstance(proxy.get("overrides", {}), dict):
+        raise _err(source, "proxy.overrides", "expected a mapping of recipe keys to values")
+    for key in ("data", "recipe"):
+        if key in proxy and not isinstance(proxy[key], str):
+            raise _err(source, f"proxy.{key}", f"expected a string, got {proxy[key]!r}")
+    merged = {**proxy.get("overrides", {}), **(overrides or {})}
+    recipe_name = proxy.get("recipe", "proxy")
+    try:
+        recipe = load_recipe(recipe_name, merged, base.variant)
+    except ConfigError as exc:
+        where = "--set" if overrides and any(k in str(exc) for k in overrides) else "proxy"
+        raise _err(source, where, str(exc)) from None
+    epochs = _integer(proxy["epochs"], source, "proxy.epochs") if "epochs" in proxy else recipe.epochs
+    if not epochs > recipe.warmup_epochs + recipe.cooldown_epochs:
+        raise _err(source, "proxy.epochs", f"{epochs} epochs must exceed warmup_epochs ({recipe.warmup_epochs}) "
+                                           f"+ cooldown_epochs ({recipe.cooldown_epochs}) of the recipe")
+    return ProxySettings(epochs=epochs, data=proxy.get("data", "synthetic-freq"), recipe=recipe_name,
+                         overrides=merged)
+
+
+def _search_settings(data: Any, source: str, multi_objective: bool) -> SearchSettings:
+    search = _mapping(data, source, "search", {"trials", "sampler", "pruner", "seed"})
+    settings = SearchSettings(sampler="nsga2" if multi_objective else "tpe")
+    settings = replace(settings, **search)
+    _integer(settings.trials, source, "search.trials")
+    _integer(settings.seed, source, "search.seed", minimum=0)
+    if settings.sampler not in SAMPLERS:
+        raise _err(source, "search.sampler", f"{settings.sampler!r} is not one of {list(SAMPLERS)}")
+    if settings.pruner not in PRUNERS:
+        raise _err(source, "search.pruner", f"{settings.pruner!r} is not one of {list(PRUNERS)}")
+    if settings.sampler == "cmaes" and multi_objective:
+        raise _err(source, "search.sampler", "cmaes is single-objective; use nsga2, tpe or gp for several objectives")
+    return settings
+
+
+def _retrain_settings(data: Any, source: str) -> RetrainSettings:
+    retrain = _mapping(data, source, "retrain", {"top", "seeds", "recipe", "epochs", "overrides"})
+    for key in ("top", "seeds", "epochs"):
+        if key in retrain:
+            _integer(retrain[key], source, f"retrain.{key}")
+    if not isinstance(retrain.get("recipe", ""), str):
+        raise _err(source, "retrain.recipe", f"expected a recipe name or file, got {retrain['recipe']!r}")
+    if not isinstance(retrain.get("overrides", {}), dict):
+        raise _err(source, "retrain.overrides", "expected a mapping of recipe keys to values")
+    return RetrainSettings(**retrain)
+
+
+def parse_space(data: Any, source: str = "<space>", default_name: str = "search",
+                overrides: dict[str, Any] | None = None) -> SearchSpace:
     data = _mapping(data, source, "(top level)", TOP_KEYS)
     if "architecture" not in data:
         raise _err(source, "architecture", "missing; give a variant (e.g. {variant: nano}) or depths/embed_dims")
@@ -287,9 +384,7 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "search"
                                                 "pool_sizes"}))
     except ArchitectureError as exc:
         raise _err(source, "architecture", str(exc)) from None
-    img_size = data.get("img_size", 224)
-    if not isinstance(img_size, int) or img_size < 32:
-        raise _err(source, "img_size", f"expected an integer >= 32, got {img_size!r}")
+    img_size = _integer(data.get("img_size", 224), source, "img_size", minimum=32)
 
     ramp = _mapping(data.get("ramp"), source, "ramp", {"parameterization", "knots", "range"})
     kind = ramp.get("parameterization", "free")
@@ -298,15 +393,12 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "search"
     if "knots" in ramp and kind != "knots":
         raise _err(source, "ramp.knots", "only used with parameterization: knots")
     if kind == "knots":
-        count = ramp.get("knots", 4)
-        if not isinstance(count, int) or count < 1:
-            raise _err(source, "ramp.knots", f"expected a positive integer, got {count!r}")
-        parameterization: Parameterization = Knots(count)
+        parameterization: Parameterization = Knots(_integer(ramp.get("knots", 4), source, "ramp.knots"))
     else:
         parameterization = PARAMETERIZATIONS[kind]()
     ratio_range = ramp.get("range", [0.0, 1.0])
     if (not isinstance(ratio_range, list) or len(ratio_range) != 2
-            or not all(isinstance(r, (int, float)) and 0 <= r <= 1 for r in ratio_range)
+            or not all(isinstance(r, (int, float)) and not isinstance(r, bool) and 0 <= r <= 1 for r in ratio_range)
             or ratio_range[0] >= ratio_range[1]):
         raise _err(source, "ramp.range", f"expected [low, high] with 0 <= low < high <= 1, got {ratio_range!r}")
 
@@ -314,7 +406,7 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "search"
     budget = Budget(
         gflops=_number(budget_data["gflops"], source, "budget.gflops") if "gflops" in budget_data else None,
         mparams=_number(budget_data["mparams"], source, "budget.mparams") if "mparams" in budget_data else None,
-        num_classes=int(_number(budget_data.get("num_classes", 1000), source, "budget.num_classes")))
+        num_classes=_integer(budget_data.get("num_classes", 1000), source, "budget.num_classes", minimum=2))
 
     objectives = data.get("objectives", ["accuracy"])
     if isinstance(objectives, str):
@@ -324,35 +416,13 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "search"
         raise _err(source, "objectives", f"expected a list containing 'accuracy' and optionally "
                                          f"'flops'/'params', got {objectives!r}")
 
-    proxy = _mapping(data.get("proxy"), source, "proxy", {"epochs", "data", "recipe", "overrides"})
-    if "epochs" in proxy and (not isinstance(proxy["epochs"], int) or proxy["epochs"] < 1):
-        raise _err(source, "proxy.epochs", f"expected a positive integer, got {proxy['epochs']!r}")
-    if not isinstance(proxy.get("overrides", {}), dict):
-        raise _err(source, "proxy.overrides", "expected a mapping of recipe keys to values")
-
-    search = _mapping(data.get("search"), source, "search", {"trials", "sampler", "pruner", "seed"})
-    search = {"trials": 20, "sampler": "nsga2" if len(objectives) > 1 else "tpe", "pruner": "median",
-              "seed": 0, **search}
-    if not isinstance(search["trials"], int) or search["trials"] < 1:
-        raise _err(source, "search.trials", f"expected a positive integer, got {search['trials']!r}")
-    if search["sampler"] not in SAMPLERS:
-        raise _err(source, "search.sampler", f"{search['sampler']!r} is not one of {list(SAMPLERS)}")
-    if search["pruner"] not in PRUNERS:
-        raise _err(source, "search.pruner", f"{search['pruner']!r} is not one of {list(PRUNERS)}")
-    if search["sampler"] == "cmaes" and len(objectives) > 1:
-        raise _err(source, "search.sampler", "cmaes is single-objective; use nsga2, tpe or gp for several objectives")
-
-    retrain = _mapping(data.get("retrain"), source, "retrain", {"top", "seeds", "recipe", "epochs"})
-    for key in ("top", "seeds", "epochs"):
-        if key in retrain and (not isinstance(retrain[key], int) or retrain[key] < 1):
-            raise _err(source, f"retrain.{key}", f"expected a positive integer, got {retrain[key]!r}")
-
-    space = SearchSpace(
+    return SearchSpace(
         name=str(data.get("name", default_name)), base=base, img_size=img_size, parameterization=parameterization,
         ratio_range=(float(ratio_range[0]), float(ratio_range[1])),
         arch_choices=_arch_choices(data.get("search_architecture"), base, source), budget=budget,
-        objectives=tuple(objectives), proxy=proxy, search=search, retrain=retrain, source=source)
-    return space
+        objectives=tuple(objectives), proxy=_proxy_settings(data.get("proxy"), source, base, overrides),
+        search=_search_settings(data.get("search"), source, len(objectives) > 1),
+        retrain=_retrain_settings(data.get("retrain"), source), source=source)
 
 
 def check_budget(space: SearchSpace) -> tuple[int, int, str | None]:

@@ -8,41 +8,46 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from ..model_spec import ModelSpec
 from .space import Candidate, SearchSpace
 
 Report = Callable[[int, dict[str, float]], None]
 
 
-def admit(trial: Any, candidate: Candidate) -> bool:
-    """Whether a candidate may train; an over-budget one is recorded on its trial and never trains.
+def admitted(candidate: Candidate) -> bool:
+    """Whether a candidate may train; an over-budget one is recorded (its record says so) and never trains.
 
-    The baseline trains even when over budget: it is what every other trial is judged against (its
-    constraint values still keep it from being reported as the best schedule).
+    The hand-set ramp trains even when over budget: it is what every other trial is judged against
+    (its constraint values still keep it from being reported as the best schedule).
     """
-    if candidate.feasible or candidate.baseline:
-        return True
-    trial.set_user_attr("infeasible", True)
-    trial.set_user_attr("reason", candidate.describe_violation())
-    return False
+    return candidate.feasible or candidate.handset
 
 
-def train_config(space: SearchSpace, candidate: Candidate, out_dir: Path, device: str | None = None,
+def candidate_spec(space: SearchSpace, candidate: Candidate) -> ModelSpec:
+    return ModelSpec.iformer(candidate.arch, candidate.ramp, space.img_size)
+
+
+def train_config(space: SearchSpace, spec: ModelSpec, out_dir: Path, device: str | None = None,
                  epochs: int | None = None, recipe: str | None = None, seed: int | None = None,
-                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The `train.fit` config of a candidate: the space's proxy settings unless given."""
+                 overrides: dict[str, Any] | None = None, quiet: bool = True,
+                 keep_checkpoints: bool = False) -> dict[str, Any]:
+    """The `train.fit` config that trains `spec` with the space's proxy settings, unless given."""
     proxy = space.proxy
     config: dict[str, Any] = {
-        "architecture": candidate.arch.to_dict(),
-        "ramp": list(candidate.ramp.ratios),
-        "img_size": space.img_size,
-        "data": proxy.get("data", "synthetic-freq"),
-        "recipe": recipe or proxy.get("recipe", "proxy"),
-        "overrides": {**proxy.get("overrides", {}), **(overrides or {})},
-        "epochs": epochs or proxy.get("epochs"),
-        "seed": space.search["seed"] if seed is None else seed,
+        "img_size": spec.img_size,
+        "data": proxy.data,
+        "recipe": recipe or proxy.recipe,
+        "overrides": {**proxy.overrides, **(overrides or {})},
+        "epochs": epochs or proxy.epochs,
+        "seed": space.search.seed if seed is None else seed,
         "out": str(out_dir),
-        "quiet": True,  # the search shows its own progress line
+        "quiet": quiet,
+        "keep_checkpoints": keep_checkpoints,
     }
+    if spec.vit is not None:
+        config["baseline"] = spec.to_dict()["vit"]
+    else:
+        config.update(architecture=spec.architecture.to_dict(), ramp=list(spec.ramp.ratios))
     if device:
         config["device"] = device
     return config

@@ -1,0 +1,96 @@
+"""What a search trial stores, in one typed place: `TrialRecord`.
+
+A trial's record lives in its Optuna user attributes, one attribute per field, under the field's
+name, so any Optuna client (optuna-dashboard, `study.trials_dataframe()`) shows it as it is. Only
+this module turns attributes into fields and back: write with `record.save(trial.set_user_attr)`
+(any `(key, value)` setter works: a Ray-side trial, a storage write for a trial of a dead process),
+read with `TrialRecord.of(frozen_trial)`.
+
+`status` says why a trial is in its Optuna state, which the state alone cannot: an over-budget
+candidate and a pruned one are both PRUNED; a failed trial and an interrupted one are both FAIL.
+`reason` is the same in words, for people.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from optuna.trial import FrozenTrial
+
+SetAttr = Callable[[str, Any], None]
+
+OVER_BUDGET = "over_budget"  # rejected before training (PRUNED in Optuna)
+PRUNED = "pruned"  # stopped early by a pruner or ASHA (PRUNED)
+FAILED = "failed"  # the training raised (FAIL)
+INTERRUPTED = "interrupted"  # Ctrl-C, a killed process or a lost node (FAIL); retried on the next run
+STATUSES = (OVER_BUDGET, PRUNED, FAILED, INTERRUPTED)
+
+PROXY_TRAINING = "proxy-training"  # how a trial's value was measured: a short standalone training
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """Everything rampsearch stores on a trial besides Optuna's own params, values and state."""
+
+    architecture: dict[str, Any] | None = None  # Architecture.to_dict()
+    ramp: tuple[float, ...] | None = None  # per-block C_h/C
+    flops: int | None = None  # closed-form fvcore FLOPs at the space's img_size, 1000-class head
+    params: int | None = None
+    handset: bool = False  # the space's base architecture with its hand-set ramp: the yardstick
+    status: str | None = None  # one of STATUSES, or None for a trial that trained to the end
+    reason: str | None = None  # the status in words ("gflops over budget by 0.001", "MemoryError: ...")
+    seed: int | None = None  # training seed
+    method: str = PROXY_TRAINING
+    history: tuple[dict[str, float], ...] = ()  # per-epoch metrics, epoch 1 first
+    retry_of: int | None = None  # number of the interrupted trial this one retries
+    folder: int | None = None  # trials/NNNN the training writes to (a retry reuses its original's)
+    worker: dict[str, Any] | None = None  # {"host", "pid"} of the process that ran it
+    duration_s: float | None = None  # training wall time, resumed sessions included
+    ray_trial_id: str | None = None
+
+    def save(self, set_attr: SetAttr, *names: str) -> None:
+        """Write the fields `names` (default: every field not at its default) through `set_attr`."""
+        defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+                    for f in dataclasses.fields(self)}
+        for name in names or [n for n in defaults if getattr(self, n) != defaults[n]]:
+            if name not in defaults:
+                raise KeyError(f"TrialRecord has no field {name!r}")
+            set_attr(name, _to_json(getattr(self, name)))
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> "TrialRecord":
+        return cls.from_attrs(trial.user_attrs)
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> "TrialRecord":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in attrs.items() if k in known}
+        if values.get("ramp") is not None:
+            values["ramp"] = tuple(values["ramp"])
+        values["history"] = tuple(values.get("history", ()))
+        return cls(**values)
+
+    def with_epoch(self, epoch: int, metrics: Mapping[str, float]) -> "TrialRecord":
+        """This record with one more epoch in its history (an epoch seen before replaces its row)."""
+        rows = [row for row in self.history if row["epoch"] != epoch]
+        return dataclasses.replace(self, history=tuple(rows) + ({"epoch": epoch, **metrics},))
+
+    @property
+    def over_budget(self) -> bool:
+        return self.status == OVER_BUDGET
+
+    @property
+    def interrupted(self) -> bool:
+        return self.status == INTERRUPTED
+
+
+def _to_json(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items()}
+    return value
+
+
+__all__ = ["FAILED", "INTERRUPTED", "OVER_BUDGET", "PROXY_TRAINING", "PRUNED", "STATUSES", "TrialRecord"]

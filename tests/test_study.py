@@ -1,0 +1,128 @@
+"""The search's seams: the trial record, the study layer, redaction, and who may import whom."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from rampsearch.redact import redact, redact_command
+from rampsearch.search.record import INTERRUPTED, OVER_BUDGET, TrialRecord
+from rampsearch.search.study import (check_storage_url, counted_trials, fail_trial, open_storage,
+                                     retry_interrupted, trial_by_number)
+from rampsearch.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "rampsearch"
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules a file imports, relative imports resolved against the rampsearch package."""
+    tree, found = ast.parse(path.read_text()), set()
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(filter(None, (base, node.module)))
+            found.add(module)
+            found |= {f"{module}.{a.name}" for a in node.names}
+    return found
+
+
+def test_backends_import_nothing_from_each_other():
+    backends = {"rampsearch.search.optuna_backend", "rampsearch.search.ray_backend"}
+    for backend in backends:
+        path = ROOT / (backend.replace(".", "/") + ".py")
+        assert not (_imports(path) & (backends - {backend})), f"{backend} imports another backend"
+
+
+def test_retrain_and_report_use_the_study_layer_not_a_backend():
+    users = [PACKAGE / "retrain.py", *sorted((PACKAGE / "report").glob("*.py"))]
+    for path in users:
+        assert not {m for m in _imports(path) if m.endswith("_backend")}, f"{path.name} imports a backend"
+
+
+def test_nothing_reads_user_attrs_by_string_outside_the_record():
+    for path in PACKAGE.rglob("*.py"):
+        if path.name == "record.py":
+            continue
+        text = path.read_text()
+        assert "user_attrs[" not in text and "user_attrs.get(" not in text, path
+
+
+def test_record_round_trips_through_a_trial():
+    study = optuna.create_study()
+    trial = study.ask()
+    record = TrialRecord(architecture={"depths": [1, 1, 2, 1]}, ramp=(0.5, 0.25), flops=10, params=3, handset=True,
+                         seed=0, folder=7, worker={"host": "h", "pid": 1})
+    record = record.with_epoch(1, {"top1": 10.0}).with_epoch(2, {"top1": 20.0}).with_epoch(2, {"top1": 21.0})
+    record.save(trial.set_user_attr)
+    study.tell(trial, 1.0)
+    back = TrialRecord.of(study.trials[0])
+    assert back == record and [row["epoch"] for row in back.history] == [1, 2]
+    assert back.history[-1]["top1"] == 21.0  # an epoch seen again replaces its row, never doubles it
+    with pytest.raises(KeyError, match="no field 'nope'"):
+        record.save(trial.set_user_attr, "nope")
+
+
+def test_over_budget_is_distinguishable_from_pruned_by_any_client():
+    study = optuna.create_study()
+    trial = study.ask()
+    TrialRecord(status=OVER_BUDGET, reason="over budget, never trained: gflops over budget by 0.001").save(
+        trial.set_user_attr)
+    study.tell(trial, state=TrialState.PRUNED)
+    frame = study.trials_dataframe()  # what optuna-dashboard and pandas users see
+    assert frame.loc[0, "user_attrs_status"] == "over_budget"
+    assert "never trained" in frame.loc[0, "user_attrs_reason"]
+
+
+def test_study_private_members_pinned_to_the_installed_optuna(tmp_path):
+    """fail_trial writes on a trial another process left RUNNING, through Optuna's private storage API."""
+    assert optuna.__version__ == "5.0.0", "re-check rampsearch.search.study._write_attrs against this Optuna"
+    study = optuna.create_study(storage=open_storage(tmp_path, None), study_name="s")
+    study.ask()  # left RUNNING, as by a killed process
+    orphan = trial_by_number(study, 0)
+    fail_trial(study, orphan, TrialRecord(status=INTERRUPTED, reason="interrupted (Ctrl-C)"))
+    reloaded = optuna.load_study(study_name="s", storage=open_storage(tmp_path, None))
+    assert reloaded.trials[0].state == TrialState.FAIL
+    assert TrialRecord.of(reloaded.trials[0]).interrupted
+
+
+def test_interrupted_trials_are_retried_once_and_never_counted(tmp_path):
+    study = optuna.create_study(storage=open_storage(tmp_path, None), study_name="s")
+    done = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    study.tell(done, 0.5)
+    study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    fail_trial(study, trial_by_number(study, 1), TrialRecord(status=INTERRUPTED, reason="interrupted (Ctrl-C)"))
+    assert counted_trials(study.get_trials()) == (1, 0)  # the interrupted trial does not count
+    assert retry_interrupted(study) == [1]
+    assert retry_interrupted(study) == []  # one retry, however often the search is rerun
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and TrialRecord.of(waiting[0]).retry_of == 1
+    assert waiting[0].system_attrs["fixed_params"] == trial_by_number(study, 1).params  # the same candidate
+    assert counted_trials(study.get_trials()) == (1, 0)  # nor does its retry until it starts
+
+
+@pytest.mark.parametrize("url,secret", [
+    ("postgresql://alice:s3cret@db:5432/optuna", "s3cret"),
+    ("postgresql://alice:p@ss/w0rd@db/optuna", "p@ss"),
+    ("postgresql://db/optuna?user=alice&password=s3cret&sslmode=require", "s3cret"),
+    ("postgresql://alice@db/optuna?options=-c%20password%3Ds3cret", "s3cret"),
+    ("mysql+pymysql://alice@db/optuna?passwd=s3cret", "s3cret"),
+])
+def test_passwords_are_redacted_in_every_url_form(url, secret):
+    assert secret not in redact(url)
+    assert secret not in " ".join(redact_command(["rampsearch", "search", "--storage", url]))
+    assert secret not in redact(f"could not connect to {url}: refused")
+
+
+def test_unsupported_storage_scheme_names_what_would_work():
+    with pytest.raises(UserError, match=r"unsupported storage; expected a URL of postgresql://, mysql://, sqlite://"):
+        check_storage_url("redis://alice:s3cret@host/0")
+    with pytest.raises(UserError, match=r"install it with `pip install 'PyMySQL'`") as info:
+        check_storage_url("mysql://alice:s3cret@host/db")
+    assert "s3cret" not in str(info.value)
