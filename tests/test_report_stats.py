@@ -36,14 +36,22 @@ def test_welch_comparison_known_values():
     assert not c.significant and c.ci_low < -2.5 < c.ci_high < 2
 
 
-def test_comparison_with_one_seed_says_no_interval():
-    c = compare([50.0], [48.0])
-    assert c.difference == 2.0 and math.isinf(c.ci_low) and c.p_value == 1.0 and not c.significant
+def test_comparison_with_one_seed_says_no_test():
+    for c in (compare([50.0], [48.0]), compare([50.0], [48.0, 47.0], paired=False)):
+        assert c.difference == pytest.approx(2.0 if c.test == "paired t" else 2.5)
+        assert math.isinf(c.ci_low) and math.isnan(c.p_value) and not c.significant
+        assert c.no_test == "1 seed" and c.test_result() == "no test (1 seed)"
 
 
 def test_identical_differences_are_not_significant():
     c = compare([22.0, 27.0], [20.0, 25.0])  # +2 on both seeds: zero variance, t undefined
     assert c.difference == 2.0 and math.isnan(c.p_value) and not c.significant
+    assert c.test_result() == "no test (no variance)"
+
+
+def test_the_test_is_named_as_run():
+    assert compare([11.0, 12.0, 13.0], [10.0, 10.0, 10.0]).test_result() == "paired t p=0.0742"
+    assert compare([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0], paired=False).test_result().startswith("Welch t p=0.1")
 
 
 def test_kendall_tau_known_values():

@@ -1,32 +1,89 @@
-"""The report's sections; each reads RunData and adds headings, text, tables and figures to a Document."""
+"""The report's sections; each reads RunData and adds headings, text, tables and figures to a Document.
+
+Conventions every section keeps:
+- The retraining is named after its recipe (`retrain_name`): "full" only for the paper recipe at
+  its own epochs, otherwise e.g. "6-epoch proxy retrain"; column headers and the verdict use it.
+- A trial *counts* (best so far, Pareto front, top trials) when it is COMPLETE and within every
+  budget constraint of the space; over-budget, pruned and failed candidates never do.
+- Accuracy in a trial table is the accuracy objective's value (`value`, or `value_I` when the
+  search had several objectives).
+- Normalized depth: block b of n sits at (b + 0.5) / n; stage s ends at (depths[0] + ... +
+  depths[s]) / n, where a dashed line marks the boundary on every depth axis.
+- Every schedule keeps one colour across figures, the hand-set ramp black; a seed band has its
+  line's colour; a legend lists only what is drawn and sits outside the axes, and figures use
+  constrained layout, so no label is covered or cut.
+- With one seed there is no ± and no test ("no test (1 seed)"); a test is named as run ("paired
+  t" when both schedules ran the same seeds, "Welch t" otherwise).
+"""
 from __future__ import annotations
 
 import json
 import math
 import os
 import platform
-import statistics
-import time
-from dataclasses import replace
+from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..architecture import Architecture  # noqa: E402
+from ..config import load_recipe  # noqa: E402
+from ..model_spec import ModelSpec  # noqa: E402
 from ..ramp import RampSchedule  # noqa: E402
-from .stats import compare, kendall_tau, mean_std  # noqa: E402
+from ..redact import redact  # noqa: E402
+from .spectra import retrain_recipe, trained_profiles  # noqa: E402
+from .stats import Comparison, compare, kendall_tau, mean_std  # noqa: E402
 
 HANDSET = "handset"
+HANDSET_COLOUR = "black"
+TOP_TRIALS = 10  # rows of the top-trials table: enough to see what the best ramps share, few enough to read
+# Optuna's importance evaluator fits a random forest to (params -> value) over the complete trials;
+# below about ten trials that fit is noise, and the importances would read as findings.
+MIN_TRIALS_FOR_IMPORTANCE = 10
+WIDE, SQUARE = (8, 4), (6, 4.5)  # figure sizes in inches: depth/trial axes, scatter plots
 
 
-def _ramp_contenders(data) -> list[dict[str, Any]]:
-    return [c for c in data.plan["contenders"] if c["kind"] == "ramp"]
+# -- shared helpers -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RetrainName:
+    """What the retraining is called: `long` in sentences ("6-epoch proxy retrain"), `short` in headers."""
+
+    long: str
+    short: str
+
+
+def retrain_name(space, settings: dict[str, Any]) -> RetrainName:
+    """"full" only for the paper recipe at its own epochs; otherwise epochs and recipe, e.g. "6-epoch proxy retrain"."""
+    recipe = str(settings["recipe"])
+    epochs = settings.get("epochs") or retrain_recipe(space, settings).epochs
+    if recipe == "paper" and epochs == load_recipe("paper", None, space.base.variant).epochs:
+        return RetrainName(f"full retrain (paper recipe, {epochs} epochs)", "full")
+    label = Path(recipe).stem  # a recipe file is named by its file name
+    return RetrainName(f"{epochs}-epoch {label} retrain", f"{label} retrain")
+
+
+def _colours(data) -> dict[str, str]:
+    """One colour per contender, in plan order: the hand-set ramp black, the others C0, C1, ..."""
+    others = [c["name"] for c in data.plan["contenders"] if c["name"] != HANDSET]
+    return {HANDSET: HANDSET_COLOUR, **{name: f"C{i % 10}" for i, name in enumerate(others)}}
+
+
+def _ramp_specs(data) -> dict[str, ModelSpec]:
+    """The retrained iFormer schedules (not ViT baselines), by name, in plan order."""
+    return {c["name"]: ModelSpec.from_dict(c["spec"]) for c in data.plan["contenders"] if c["kind"] == "ramp"}
+
+
+def _stages_text(arch: Architecture, ramp: RampSchedule) -> str:
+    return " | ".join(ramp.describe_stages(arch))
 
 
 def _seed_scores(data, name: str) -> list[float]:
@@ -34,106 +91,283 @@ def _seed_scores(data, name: str) -> list[float]:
     return rows["top1"].tolist()
 
 
-def build_contender(contender: dict[str, Any], img_size: int, num_classes: int):
-    if contender["kind"] == "baseline":  # built for the data's image size, which the spec holds
-        from ..baselines import BaselineSpec, build_baseline
-
-        spec = BaselineSpec(**contender["baseline"])
-        return build_baseline(replace(spec, kwargs={**spec.kwargs, "num_classes": num_classes}))
-    from ..models import build_iformer
-
-    arch = Architecture.from_dict(contender["architecture"])
-    return build_iformer(**arch.build_kwargs(), ramp=contender["ramp"], img_size=img_size, num_classes=num_classes)
+def _legend_outside(fig, ax) -> None:
+    """The legend of `ax`'s labelled artists, right of the axes (constrained layout makes room)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=8)
 
 
-def _throughput(contender: dict[str, Any], img_size: int, batch: int = 32, repeats: int = 3) -> float:
-    """Inference images per second of the model on this machine (fp32, eval), median of repeats."""
-    import torch
-
-    model = build_contender(contender, img_size, 10).eval()
-    x = torch.randn(batch, 3, img_size, img_size)
-    times = []
-    with torch.inference_mode():
-        model(x)
-        for _ in range(repeats):
-            t = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t)
-    return batch / statistics.median(times)
+def stage_boundaries(depths: tuple[int, ...]) -> list[float]:
+    """Normalized depths between stages: cumulative depth / total blocks, for all but the last stage."""
+    n = sum(depths)
+    return [sum(depths[:s + 1]) / n for s in range(len(depths) - 1)]
 
 
-def summary_section(doc, data) -> str:
-    """Summary table and the one-line verdict (returned)."""
-    doc.section("Summary")
-    handset = _seed_scores(data, HANDSET)
+def draw_stage_boundaries(ax, archs: dict[str, Architecture], colours: dict[str, str]) -> None:
+    """Dashed lines at the stage boundaries of each distinct architecture (grey for the first, which
+    names the stages on the top axis; a different architecture in its first schedule's colour)."""
+    by_depths: dict[tuple[int, ...], str] = {}
+    for name, arch in archs.items():
+        by_depths.setdefault(arch.depths, name)
+    for i, (depths, name) in enumerate(by_depths.items()):
+        colour = "grey" if i == 0 else colours[name]
+        label = "stage boundary" if len(by_depths) == 1 else f"stage boundary ({name})"
+        for j, x in enumerate(stage_boundaries(depths)):
+            ax.axvline(x, color=colour, linestyle="--", linewidth=0.8, label=label if j == 0 else None)
+    if by_depths:
+        depths = next(iter(by_depths))
+        edges = [0.0, *stage_boundaries(depths), 1.0]
+        top = ax.secondary_xaxis("top")
+        top.set_xticks([(a + b) / 2 for a, b in zip(edges, edges[1:])],
+                       labels=[f"stage {s + 1}" for s in range(len(depths))])
+        top.tick_params(length=0, labelsize=8)
+
+
+# -- summary --------------------------------------------------------------------------------------
+
+def _kind(contender: dict[str, Any]) -> str:
+    vit = contender["spec"].get("vit") or {}
+    return "vit (over budget: smallest config)" if vit.get("over_budget") else contender["kind"]
+
+
+def _contender_stages(contender: dict[str, Any]) -> str:
+    if contender["kind"] != "ramp":
+        return ""
+    spec = ModelSpec.from_dict(contender["spec"])
+    return _stages_text(spec.architecture, spec.ramp)
+
+
+def _top1_text(scores: list[float]) -> str:
+    """Mean ± std over seeds; a single seed's score alone (no spread to show)."""
+    if not scores:
+        return ""
+    mean, std = mean_std(scores)
+    return f"{mean:.2f}" if len(scores) == 1 else f"{mean:.2f} ± {std:.2f}"
+
+
+def _ci_text(cmp: Comparison) -> str:
+    """The 95% CI, blank without a test (with one seed it is infinite, with no variance a single point)."""
+    return "" if cmp.no_test else f"[{cmp.ci_low:+.2f}, {cmp.ci_high:+.2f}]"
+
+
+def _summary_rows(data, name: RetrainName) -> pd.DataFrame:
+    """summary.csv: one row per contender, every column (the page shows two narrower views of it)."""
+    handset, top1 = _seed_scores(data, HANDSET), f"{name.short} top-1"
     rows = []
     for c in data.plan["contenders"]:
         scores = _seed_scores(data, c["name"])
         mean, std = mean_std(scores) if scores else (math.nan, math.nan)
-        over = c["kind"] == "baseline" and c["baseline"].get("over_budget")
-        row = {"schedule": c["name"], "kind": "baseline (over budget: smallest config)" if over else c["kind"],
-               "per-stage C_h/C": "",
+        row = {"schedule": c["name"], "kind": _kind(c), "per-stage C_h/C": _contender_stages(c),
                "params (M)": c["params"] / 1e6, "GFLOPs": c["flops"] / 1e9,
-               "img/s (inference)": _throughput(c, data.space.img_size),
-               "proxy top-1": c.get("proxy_score"), "full top-1 mean": mean, "full top-1 std": std,
-               "seeds": len(scores), "Δ vs hand-set": math.nan, "95% CI": "", "p": math.nan}
-        if c["kind"] == "ramp":
-            arch = Architecture.from_dict(c["architecture"])
-            row["per-stage C_h/C"] = " | ".join(RampSchedule(tuple(c["ramp"])).describe_stages(arch))
+               "img/s": c.get("inference_img_s", math.nan),
+               "search top-1": math.nan if c.get("proxy_score") is None else c["proxy_score"],
+               f"{top1} mean": mean, f"{top1} std": std if len(scores) > 1 else math.nan,
+               top1: _top1_text(scores), "seeds": len(scores),
+               "Δ vs hand-set": math.nan, "95% CI": "", "test": "", "p": math.nan}
         if c["name"] != HANDSET and scores and handset:
-            paired = len(scores) == len(handset)
-            cmp = compare(scores, handset, paired=paired)
-            row.update({"Δ vs hand-set": cmp.difference, "95% CI": f"[{cmp.ci_low:+.2f}, {cmp.ci_high:+.2f}]",
-                        "p": cmp.p_value})
+            cmp = compare(scores, handset, paired=len(scores) == len(handset))
+            row.update({"Δ vs hand-set": cmp.difference, "95% CI": _ci_text(cmp),
+                        "test": f"no test ({cmp.no_test})" if cmp.no_test else cmp.test, "p": cmp.p_value})
         rows.append(row)
-    frame = pd.DataFrame(rows)
-    verdict = _verdict(data, handset)
+    return pd.DataFrame(rows)
+
+
+def summary_section(doc, data) -> str:
+    """Summary tables and the one-line verdict (returned)."""
+    doc.section("Summary")
+    name = retrain_name(data.space, data.plan["settings"])
+    frame = _summary_rows(data, name)
+    verdict = _verdict(data, name)
     doc.paragraph(verdict, css_class="verdict")
-    doc.table(frame, "summary")
-    doc.paragraph("Full top-1 is the last-epoch validation accuracy of the retraining, mean ± std over seeds; "
-                  "the difference to the hand-set ramp uses a paired t-test over seeds (the same seeds for every "
-                  "schedule) with its 95% confidence interval. FLOPs are fvcore multiply-adds at "
-                  f"{data.space.img_size}px with a {data.space.budget.num_classes}-class head.")
+    top1 = f"{name.short} top-1"
+    accuracy = frame[["schedule", top1, "seeds", "Δ vs hand-set", "95% CI", "test", "p"]]
+    cost = frame[["schedule", "kind", "per-stage C_h/C", "params (M)", "GFLOPs", "img/s", "search top-1"]]
+    doc.table(frame.drop(columns=[top1]), "summary", views=[accuracy, cost])
+    doc.paragraph(
+        f"{top1} is the last-epoch validation accuracy of the {name.long}, mean ± std over seeds (with one seed, "
+        "the score alone); search top-1 is the proxy training's score in the search. The difference to the "
+        "hand-set ramp has a 95% confidence interval and a t-test over seeds, named as run: paired t when both "
+        "schedules ran the same seeds, Welch t otherwise; with one seed, or when every seed differs by the same "
+        "amount, there is no test. img/s is the inference throughput measured once when retraining (fp32, eval "
+        f"mode, median of repeats). FLOPs are fvcore multiply-adds at {data.space.img_size}px with a "
+        f"{data.space.budget.num_classes}-class head.")
     return verdict
 
 
-def _verdict(data, handset: list[float]) -> str:
-    best = _seed_scores(data, "best")
+def _search_caveat(data) -> str:
+    """The verdict's opening when the hand-set ramp scored higher in the search, else ''."""
+    search = data.plan.get("search") or {}
+    if not search.get("handset_scored_higher"):
+        return ""
+    sentence = search.get("sentence") or "the hand-set ramp scored higher in the search than every searched schedule"
+    return sentence[0].upper() + sentence[1:] + ". "
+
+
+def _verdict(data, name: RetrainName) -> str:
+    best, handset = _seed_scores(data, "best"), _seed_scores(data, HANDSET)
     if not best:
         return ("Verdict: the search found no within-budget schedule other than the hand-set ramp, "
                 "so there is nothing to compare.")
+    caveat = _search_caveat(data)
+    subject = f'{caveat}The runner-up retrained as "best"' if caveat else "the searched ramp"
     cmp = compare(best, handset, paired=len(best) == len(handset))
-    contenders = {c["name"]: c for c in data.plan["contenders"]}
-    gf_best, gf_hand = contenders["best"]["flops"] / 1e9, contenders[HANDSET]["flops"] / 1e9
     if cmp.significant:
         word = "better than" if cmp.difference > 0 else "worse than"
     else:
         word = "not significantly different from"
-    ci = "no interval with one seed" if math.isinf(cmp.ci_low) else f"95% CI [{cmp.ci_low:+.2f}, {cmp.ci_high:+.2f}]"
-    return (f"Verdict: the searched ramp is {word} the hand-set ramp: top-1 {cmp.mean_a:.2f} ± {cmp.std_a:.2f}% vs "
-            f"{cmp.mean_b:.2f} ± {cmp.std_b:.2f}% (Δ {cmp.difference:+.2f} points, {ci}, "
-            f"{cmp.test} p={cmp.p_value:.3g}, {cmp.n} seeds) at {gf_best:.4g} vs {gf_hand:.4g} GFLOPs.")
+    interval = f"95% CI {_ci_text(cmp)}, " if _ci_text(cmp) else ""
+    evidence = f"Δ {cmp.difference:+.2f} points, {interval}{cmp.test_result()}"
+    contenders = {c["name"]: c for c in data.plan["contenders"]}
+    gf_best, gf_hand = contenders["best"]["flops"] / 1e9, contenders[HANDSET]["flops"] / 1e9
+    seeds = f", {cmp.n} seeds" if cmp.n > 1 else ""  # one seed is already said: "no test (1 seed)"
+    return (f"Verdict: {subject} is {word} the hand-set ramp in the {name.long}: top-1 {_top1_text(best)}% vs "
+            f"{_top1_text(handset)}% ({evidence}{seeds}) at {gf_best:.4g} vs {gf_hand:.4g} GFLOPs.")
 
+
+# -- ramp -----------------------------------------------------------------------------------------
 
 def ramp_section(doc, data) -> None:
     doc.section("Ramp")
-    fig, ax = plt.subplots(figsize=(8, 4))
+    specs, colours = _ramp_specs(data), _colours(data)
+    fig, ax = plt.subplots(figsize=WIDE, layout="constrained")
     rows = []
-    for c in _ramp_contenders(data):
-        arch = Architecture.from_dict(c["architecture"])
-        ramp = RampSchedule(tuple(c["ramp"]))
+    for name, spec in specs.items():
+        arch, ramp = spec.architecture, spec.ramp
         n = arch.num_blocks
-        x = [(b + 0.5) / n for b in range(n)]
-        style = {"color": "black", "linewidth": 2.5} if c["name"] == HANDSET else {}
-        ax.step(x, ramp.ratios, where="mid", marker="o", markersize=3, label=c["name"], **style)
+        ax.step([(b + 0.5) / n for b in range(n)], ramp.ratios, where="mid", marker="o", markersize=3, label=name,
+                color=colours[name], linewidth=2.5 if name == HANDSET else 1.5)
         for b, ((c_h, c_l), stage) in enumerate(zip(ramp.channels(arch), arch.block_stages)):
-            rows.append({"schedule": c["name"], "block": b, "stage": stage + 1, "C_h/C": ramp.ratios[b],
+            rows.append({"schedule": name, "block": b, "stage": stage + 1, "C_h/C": ramp.ratios[b],
                          "C_h": c_h, "C_l": c_l})
-    ax.set(xlabel="normalized depth (block centre)", ylabel="C_h / C (high-frequency share)", ylim=(-0.05, 1.05),
-           title="Frequency ramp per block")
-    ax.legend()
-    doc.figure(fig, "ramp", "Per-block C_h/C of the retrained schedules; the hand-set ramp in black.")
+    draw_stage_boundaries(ax, {name: spec.architecture for name, spec in specs.items()}, colours)
+    ax.set(xlabel="normalized depth (block centre)", ylabel="C_h / C (high-frequency share)", xlim=(0, 1),
+           ylim=(-0.05, 1.05), title="Frequency ramp per block")
+    _legend_outside(fig, ax)
+    doc.figure(fig, "ramp", "Per-block C_h/C of the retrained schedules, the hand-set ramp in black; dashed "
+                            "lines mark the stage boundaries.")
     doc.table(pd.DataFrame(rows), "ramps")
+
+
+# -- search ---------------------------------------------------------------------------------------
+
+def accuracy_column(space) -> str:
+    """The trials.csv column holding the accuracy objective."""
+    return f"value_{space.objectives.index('accuracy')}" if space.multi_objective else "value"
+
+
+def within_budget(trials: pd.DataFrame, budget) -> pd.Series:
+    """Per trial, whether its FLOPs and parameters meet every budget constraint (unknown: no)."""
+    def ok(row) -> bool:
+        if pd.isna(row["flops"]) or pd.isna(row["params"]):
+            return False
+        return all(v <= 0 for v in budget.violations(int(row["flops"]), int(row["params"])).values())
+
+    return trials.apply(ok, axis=1).astype(bool) if len(trials) else pd.Series(dtype=bool)
+
+
+def counted(trials: pd.DataFrame, space) -> pd.Series:
+    """Per trial, whether it counts: COMPLETE and within budget."""
+    return (trials["state"] == "COMPLETE") & within_budget(trials, space.budget)
+
+
+def best_so_far(trials: pd.DataFrame, space) -> np.ndarray:
+    """Per trial in number order, the best accuracy of the counted trials up to it (NaN before the first)."""
+    ordered = trials.sort_values("number")
+    values = ordered[accuracy_column(space)].where(counted(ordered, space))
+    return values.astype(float).cummax().ffill().to_numpy()  # cummax leaves a NaN where a trial does not count
+
+
+def top_trials(trials: pd.DataFrame, space, k: int = TOP_TRIALS) -> pd.DataFrame:
+    """The `k` best counted trials: number, accuracy, GFLOPs, per-stage C_h/C, hand-set flag."""
+    acc = accuracy_column(space)
+    ranked = trials[counted(trials, space)].sort_values([acc, "number"], ascending=[False, True]).head(k)
+    rows = []
+    for _, t in ranked.iterrows():
+        arch = Architecture.from_dict(json.loads(t["architecture"]))
+        rows.append({"trial": int(t["number"]), "proxy top-1": float(t[acc]), "GFLOPs": t["flops"] / 1e9,
+                     "per-stage C_h/C": _stages_text(arch, RampSchedule(tuple(json.loads(t["ramp"])))),
+                     "hand-set": bool(t["handset"])})
+    return pd.DataFrame(rows, columns=["trial", "proxy top-1", "GFLOPs", "per-stage C_h/C", "hand-set"])
+
+
+def _last_top1(trials: pd.DataFrame) -> pd.Series:
+    """Each trial's last reported validation top-1 (a pruned trial has no final value)."""
+    epochs = trials.filter(regex=r"^top1_e\d+$")
+    epochs = epochs[sorted(epochs.columns, key=lambda c: int(c.rsplit("e", 1)[1]))]
+    return epochs.ffill(axis=1).iloc[:, -1] if epochs.shape[1] else pd.Series(np.nan, index=trials.index)
+
+
+def _at_bottom(ax, xs: pd.Series, **style) -> None:
+    """Mark trials without a score at their x along the bottom edge of the axes (the x axis covers them)."""
+    if len(xs):
+        ax.scatter(xs, np.zeros(len(xs)), transform=ax.get_xaxis_transform(), clip_on=False, **style)
+        ax.update_datalim(np.column_stack([np.asarray(xs, dtype=float), np.zeros(len(xs))]), updatey=False)
+
+
+def history_figure(trials: pd.DataFrame, space):
+    """Accuracy per trial with the best-so-far step line, which only counted trials can raise."""
+    trials = trials.sort_values("number")
+    acc, ok = accuracy_column(space), counted(trials, space)
+    handset = trials["handset"].astype(bool)
+    fig, ax = plt.subplots(figsize=WIDE, layout="constrained")
+    scored = trials[ok & ~handset]
+    if len(scored):
+        ax.scatter(scored["number"], scored[acc], color="C0", label="complete, within budget", zorder=3)
+    ring = trials[handset & (trials["state"] == "COMPLETE")]
+    if len(ring):
+        ax.scatter(ring["number"], ring[acc], s=120, facecolors="none", edgecolors=HANDSET_COLOUR, zorder=3,
+                   label="hand-set ramp" + ("" if ok[ring.index].all() else " (over budget: not counted)"))
+    pruned = trials[trials["state"] == "PRUNED"]
+    last = _last_top1(pruned).dropna()
+    if len(last):
+        ax.scatter(pruned.loc[last.index, "number"], last, marker="x", color="grey", label="pruned (last epoch)")
+    _at_bottom(ax, trials.loc[trials["state"] == "OVER_BUDGET", "number"], marker="|", color="red", s=80,
+               label="over budget (never trained)")
+    _at_bottom(ax, trials.loc[trials["state"] == "FAIL", "number"], marker="x", color="darkred",
+               label="failed")
+    best = best_so_far(trials, space)
+    if np.isfinite(best).any():
+        ax.step(trials["number"], best, where="post", color="C1", label="best so far (complete, within budget)")
+    ax.set(xlabel="trial", ylabel="proxy top-1 (%)", title="Optimization history")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are numbered
+    _legend_outside(fig, ax)
+    return fig
+
+
+def _pareto(points: pd.DataFrame, acc: str) -> pd.DataFrame:
+    """The trials no other trial beats on both fewer FLOPs and higher accuracy, by FLOPs."""
+    ordered = points.sort_values(["flops", acc], ascending=[True, False])
+    best, keep = -math.inf, []
+    for idx, row in ordered.iterrows():
+        if row[acc] > best:
+            keep.append(idx)
+            best = row[acc]
+    return ordered.loc[keep]
+
+
+def pareto_figure(trials: pd.DataFrame, space):
+    """Accuracy vs FLOPs of the counted trials, their Pareto front, rejected candidates and the budget."""
+    acc, ok = accuracy_column(space), counted(trials, space)
+    handset = trials["handset"].astype(bool)
+    fig, ax = plt.subplots(figsize=WIDE, layout="constrained")
+    searched, hand = trials[ok & ~handset], trials[handset & (trials["state"] == "COMPLETE")]
+    if len(searched):
+        ax.scatter(searched["flops"] / 1e9, searched[acc], color="C0", label="complete, within budget")
+    if len(hand):
+        ax.scatter(hand["flops"] / 1e9, hand[acc], color=HANDSET_COLOUR, marker="*", s=160, label="hand-set ramp")
+    _at_bottom(ax, trials.loc[trials["state"] == "OVER_BUDGET", "flops"] / 1e9, marker="|", color="red", s=80,
+               label="over budget (never trained)")
+    front = _pareto(trials[ok], acc)
+    if len(front) > 1:
+        ax.plot(front["flops"] / 1e9, front[acc], color="C2", drawstyle="steps-post", label="Pareto front")
+    if space.budget.gflops:
+        ax.axvline(space.budget.gflops, color="red", linestyle="--", label="FLOPs budget")
+    ax.set(xlabel="GFLOPs (fvcore)", ylabel="proxy top-1 (%)", title="Accuracy vs FLOPs")
+    ax.ticklabel_format(axis="x", style="plain", useOffset=False)  # GFLOPs as written, not as an offset
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # long labels of small GFLOPs stay apart
+    _legend_outside(fig, ax)
+    return fig
 
 
 def search_section(doc, data) -> None:
@@ -144,92 +378,79 @@ def search_section(doc, data) -> None:
         return
     counts = trials["state"].value_counts().rename_axis("state").reset_index(name="trials")
     doc.table(counts, "trial_counts")
-    complete = trials[trials["state"] == "COMPLETE"]
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.scatter(complete["number"], complete["value"], label="complete", zorder=3)
-    pruned = trials[trials["state"] == "PRUNED"]
-    last_top1 = pruned.filter(regex=r"^top1_e\d+$").ffill(axis=1).iloc[:, -1] if not pruned.empty else []
-    if len(pruned):
-        ax.scatter(pruned["number"], last_top1, marker="x", color="gray", label="pruned (last epoch)")
-    ax.plot(complete["number"], complete["value"].cummax(), color="C1", label="best so far")
-    baseline = complete[complete["baseline"]]
-    ax.scatter(baseline["number"], baseline["value"], s=120, facecolors="none", edgecolors="black",
-               label="hand-set ramp")
-    ax.set(xlabel="trial", ylabel="proxy top-1 (%)", title="Optimization history")
-    ax.legend()
-    doc.figure(fig, "history", "Proxy top-1 per trial; over-budget candidates never trained and are not shown.")
+    doc.figure(history_figure(trials, data.space), "history",
+               "Proxy top-1 per trial. The best-so-far line steps up only at complete, within-budget trials; "
+               "over-budget candidates (never trained) and failed trials are marked along the bottom.")
+    doc.figure(pareto_figure(trials, data.space), "pareto",
+               "Pareto front of proxy accuracy vs FLOPs over the complete, within-budget trials, with the budget "
+               "line; over-budget candidates are marked along the bottom at their FLOPs.")
+    doc.paragraph(f"Top trials: the best complete, within-budget trials of the search (at most {TOP_TRIALS}).")
+    doc.table(top_trials(trials, data.space), "top_trials")
+    _importances(doc, data)
 
-    fig, ax = plt.subplots(figsize=(8, 4))
-    feasible = complete[~complete["baseline"]]
-    ax.scatter(feasible["flops"] / 1e9, feasible["value"], label="trained candidates")
-    ax.scatter(baseline["flops"] / 1e9, baseline["value"], color="black", marker="*", s=160, label="hand-set ramp")
-    over = trials[trials["state"] == "OVER_BUDGET"]
-    if len(over):
-        ax.scatter(over["flops"] / 1e9, [ax.get_ylim()[0]] * len(over), marker="|", color="red",
-                   label="rejected over budget (not trained)")
-    front = _pareto(complete)
-    if len(front):
-        ax.plot(front["flops"] / 1e9, front["value"], color="C2", drawstyle="steps-post", label="Pareto front")
-    if data.space.budget.gflops:
-        ax.axvline(data.space.budget.gflops, color="red", linestyle="--", label="budget")
-    ax.set(xlabel="GFLOPs (fvcore)", ylabel="proxy top-1 (%)", title="Accuracy vs FLOPs")
-    ax.legend(fontsize=8)
-    doc.figure(fig, "pareto", "Pareto front of proxy accuracy vs FLOPs, with the budget line.")
 
+def _importances(doc, data) -> None:
+    import optuna
+
+    complete = len(data.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    if complete < MIN_TRIALS_FOR_IMPORTANCE:
+        doc.paragraph(f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} complete trials; "
+                      f"this search has {complete}.")
+        return
+    index = data.space.objectives.index("accuracy")
     try:
-        import optuna
-
-        importances = optuna.importance.get_param_importances(
-            data.study, target=lambda t: t.values[0]) if len(data.study.directions) > 1 \
-            else optuna.importance.get_param_importances(data.study)
-        frame = pd.DataFrame({"parameter": list(importances), "importance": list(importances.values())})
-        doc.table(frame, "param_importances")
-        doc.paragraph("Parameter importances: Optuna's default evaluator over the complete trials.")
+        importances = optuna.importance.get_param_importances(data.study, target=lambda t: t.values[index])
     except (RuntimeError, ValueError, ZeroDivisionError) as exc:
         doc.paragraph(f"Parameter importances not available: {exc}")
+        return
+    frame = pd.DataFrame({"parameter": list(importances), "importance": list(importances.values())})
+    doc.table(frame, "param_importances")
+    doc.paragraph(f"Parameter importances of the accuracy objective: Optuna's default evaluator over the "
+                  f"{complete} complete trials.")
 
 
-def _pareto(complete: pd.DataFrame) -> pd.DataFrame:
-    ordered = complete.sort_values(["flops", "value"], ascending=[True, False])
-    best, keep = -math.inf, []
-    for idx, row in ordered.iterrows():
-        if row["value"] > best:
-            keep.append(idx)
-            best = row["value"]
-    return ordered.loc[keep]
-
+# -- proxy fidelity -------------------------------------------------------------------------------
 
 def proxy_fidelity_section(doc, data) -> None:
     doc.section("Proxy fidelity")
+    name = retrain_name(data.space, data.plan["settings"])
+    retrained = f"{name.short} top-1 mean"
     rows = []
-    for c in _ramp_contenders(data):
+    for c in data.plan["contenders"]:
         scores = _seed_scores(data, c["name"])
-        if c.get("proxy_score") is not None and scores:
-            rows.append({"schedule": c["name"], "proxy top-1": c["proxy_score"],
-                         "full top-1 mean": float(np.mean(scores))})
+        if c["kind"] == "ramp" and c.get("proxy_score") is not None and scores:
+            rows.append({"schedule": c["name"], "search top-1": c["proxy_score"], retrained: float(np.mean(scores))})
     frame = pd.DataFrame(rows)
     if len(frame) < 2:
-        doc.paragraph("Fewer than two retrained schedules have a proxy score: no ranking to compare.")
+        doc.paragraph("Fewer than two retrained schedules have a search score: no ranking to compare.")
         return
-    tau, p = kendall_tau(frame["proxy top-1"], frame["full top-1 mean"])
-    note = (" With two schedules τ is ±1 by construction; retrain more (--top K) for a real test."
-            if len(frame) == 2 else "")
-    doc.paragraph(f"Kendall τ between proxy and full-retraining scores over {len(frame)} schedules: "
-                  f"{tau:+.2f} (p={p:.3g}).{note}")
+    tau, p = kendall_tau(frame["search top-1"], frame[retrained])
+    between = f"Kendall τ between the search's proxy scores and the {name.long} over {len(frame)} schedules"
+    if math.isnan(tau):
+        doc.paragraph(f"{between}: undefined, as every schedule has the same score in one of the two.")
+    else:
+        note = (" With two schedules τ is ±1 by construction; retrain more (--top K) for a real test."
+                if len(frame) == 2 else "")
+        doc.paragraph(f"{between}: {tau:+.2f} (p={p:.3g}).{note}")
     doc.table(frame, "proxy_fidelity")
-    fig, ax = plt.subplots(figsize=(5, 4))
-    ax.scatter(frame["proxy top-1"], frame["full top-1 mean"])
+    colours = _colours(data)
+    fig, ax = plt.subplots(figsize=SQUARE, layout="constrained")
+    ax.scatter(frame["search top-1"], frame[retrained], color=[colours[s] for s in frame["schedule"]])
     for _, row in frame.iterrows():
-        ax.annotate(row["schedule"], (row["proxy top-1"], row["full top-1 mean"]))
-    ax.set(xlabel="proxy top-1 (%)", ylabel="full retraining top-1 (%)",
-           title="Does the proxy rank like full training?")
-    doc.figure(fig, "proxy_fidelity", "Proxy score vs full-retraining score per schedule.")
+        ax.annotate(row["schedule"], (row["search top-1"], row[retrained]), xytext=(4, 4),
+                    textcoords="offset points", fontsize=8)
+    ax.margins(0.15)  # room for the labels inside the axes
+    ax.set(xlabel="search top-1 (%)", ylabel=f"{name.short} top-1 (%)", title="Does the proxy rank like retraining?")
+    doc.figure(fig, "proxy_fidelity", f"Search (proxy) score vs {name.long} score per schedule.")
 
+
+# -- training curves ------------------------------------------------------------------------------
 
 def training_curves_section(doc, data) -> None:
     doc.section("Training curves")
-    fig, (top, bottom) = plt.subplots(1, 2, figsize=(10, 4))
-    rows = []
+    colours = _colours(data)
+    fig, (top, bottom) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    rows, banded = [], False
     for name, seeds in data.histories.items():
         if not seeds or not seeds[0]:
             continue
@@ -237,39 +458,47 @@ def training_curves_section(doc, data) -> None:
         for metric, ax in (("top1", top), ("train_loss", bottom)):
             curves = np.array([[h.get(metric, np.nan) for h in run] for run in seeds if len(run) == len(epochs)])
             mean = curves.mean(axis=0)
-            ax.plot(epochs, mean, label=name, **({"color": "black"} if name == HANDSET else {}))
-            ax.fill_between(epochs, curves.min(axis=0), curves.max(axis=0), alpha=0.15)
+            (line,) = ax.plot(epochs, mean, color=colours[name], label=name)
+            if len(curves) > 1:  # one seed has no spread to show
+                ax.fill_between(epochs, curves.min(axis=0), curves.max(axis=0), color=line.get_color(), alpha=0.15,
+                                linewidth=0)
+                banded = True
             rows += [{"schedule": name, "metric": metric, "epoch": e, "mean": m} for e, m in zip(epochs, mean)]
     top.set(xlabel="epoch", ylabel="validation top-1 (%)")
     bottom.set(xlabel="epoch", ylabel="training loss")
-    top.legend()
-    doc.figure(fig, "curves", "Retraining curves, mean over seeds (band: min-max).")
+    _legend_outside(fig, top)
+    band = "band: min-max over seeds, in the line's colour" if banded else "one seed: no band"
+    doc.figure(fig, "curves", f"Retraining curves, mean over seeds ({band}).")
     doc.table(pd.DataFrame(rows), "curves")
 
 
+# -- frequency analysis ---------------------------------------------------------------------------
+
 def frequency_section(doc, data, n_images: int) -> None:
     """Per-block relative log amplitude at the highest frequency, from each schedule's seed-0 weights."""
-    from .spectra import trained_profiles
-
     doc.section("Frequency analysis")
     profiles = trained_profiles(data, n_images)
     if not profiles:
         doc.paragraph("No trained weights found to analyse.")
         return
-    fig, ax = plt.subplots(figsize=(8, 4))
+    specs, colours = _ramp_specs(data), _colours(data)
+    fig, ax = plt.subplots(figsize=WIDE, layout="constrained")
     rows = []
     for name, values in profiles.items():
         n = len(values)
-        x = [(b + 0.5) / n for b in range(n)]
-        ax.plot(x, values, marker="o", label=name, **({"color": "black"} if name == HANDSET else {}))
+        ax.plot([(b + 0.5) / n for b in range(n)], values, marker="o", color=colours[name], label=name)
         rows += [{"schedule": name, "block": b, "relative log amplitude at pi": v} for b, v in enumerate(values)]
-    ax.set(xlabel="normalized depth", ylabel="Δ log amplitude (π vs 0)",
+    draw_stage_boundaries(ax, {name: specs[name].architecture for name in profiles}, colours)
+    ax.set(xlabel="normalized depth (block centre)", ylabel="Δ log amplitude (π vs 0)", xlim=(0, 1),
            title="High-frequency energy kept by each block")
-    ax.legend()
+    _legend_outside(fig, ax)
     doc.figure(fig, "frequency", "Relative log amplitude of the Fourier-transformed block outputs at the highest "
-                                 "frequency (higher keeps more high-frequency detail), on validation images.")
+                                 "frequency (higher keeps more high-frequency detail), on validation images; dashed "
+                                 "lines mark the stage boundaries.")
     doc.table(pd.DataFrame(rows), "frequency")
 
+
+# -- metadata -------------------------------------------------------------------------------------
 
 def metadata_section(doc, data, extra: dict[str, Any]) -> None:
     doc.section("Run metadata")
@@ -281,10 +510,11 @@ def metadata_section(doc, data, extra: dict[str, Any]) -> None:
         except metadata.PackageNotFoundError:
             versions[package] = "not installed"
     info = {
-        "search space": data.space.source, "study": search.get("study"), "storage": search.get("storage"),
+        "search space": data.space.source, "study": search.get("study"), "storage": redact(search.get("storage")),
         "backend": search.get("backend"), "search started": search.get("started"),
-        "search seconds": search.get("seconds"), "sampler seed": data.space.search["seed"],
-        "retraining": data.plan["settings"],
+        "search seconds": search.get("seconds"), "sampler seed": data.space.search.seed,
+        "retraining": retrain_name(data.space, data.plan["settings"]).long,
+        "retraining settings": data.plan["settings"],
         "retraining seconds (sum over runs)": round(data.results["seconds"].sum(), 1),
         "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, {_gpu()}", "python": platform.python_version(),
         **{f"version {k}": v for k, v in versions.items()}, **extra,
@@ -293,7 +523,7 @@ def metadata_section(doc, data, extra: dict[str, Any]) -> None:
                                                           for v in info.values()]}), "metadata")
     commands = [" ".join(search.get("command", []))] + data.plan.get("commands", [])
     doc.paragraph("Commands (storage passwords redacted):")
-    doc.code("\n".join(c for c in commands if c))
+    doc.code("\n".join(redact(c) for c in commands if c))
 
 
 def _gpu() -> str:
