@@ -46,7 +46,7 @@ def test_flops_with_ramp_file_and_arch_file(capsys, tmp_path):
 @pytest.mark.parametrize("argv,message", [
     (["--variant", "small", "--ramp", "0.5,0.5"], "has 2 values but the architecture has 18 blocks"),
     (["--variant", "nano", "--ramp", "no-such.yaml"], "ramp file no-such.yaml does not exist"),
-    (["--variant", "nano", "--img-size", "8"], "too small"),
+    (["--variant", "nano", "--img-size", "8"], "expected an integer >= 32"),
     (["--arch", "missing.yaml"], "missing.yaml does not exist"),
 ])
 def test_user_errors_are_one_line(capsys, argv, message):

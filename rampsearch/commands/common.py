@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from typing import Any
 
@@ -21,7 +22,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ramp", default="handset", metavar="handset|FILE|r1,r2,...",
                         help="per-block C_h/C: 'handset' (default), a ramp file (best.yaml, or YAML/JSON with "
                              "'ramp' or 'knots'), or comma-separated ratios, one per block")
-    parser.add_argument("--img-size", type=int, default=None, metavar="N",
+    parser.add_argument("--img-size", type=positive_int, default=None, metavar="N",
                         help="square input size (default: 224, 64 for nano)")
 
 
@@ -34,12 +35,72 @@ def resolve_model_args(args: argparse.Namespace) -> tuple[Architecture, RampSche
         data = read_yaml_mapping(args.arch, "architecture file")
         arch = Architecture.from_dict(data.get("architecture", data))
         default_size = data.get("img_size", 224)
-    img_size = args.img_size or default_size
-    if img_size < 32:
-        raise UserError(f"--img-size {img_size} is too small: the model downsamples by 32, use at least 32")
+    img_size = args.img_size if args.img_size is not None else default_size
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 32:
+        raise UserError(f"image size {img_size!r}: expected an integer >= 32 (the model downsamples by 32)")
     return arch, load_ramp(args.ramp, arch), img_size
 
 
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+# -- flags every command that trains shares, spelled and checked the same way -----------------------
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0, negatives and non-integers are refused, never defaulted)."""
+    return _integer(text, minimum=1)
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (seeds)."""
+    return _integer(text, minimum=0)
+
+
+def _integer(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """argparse type: auto, cpu, cuda or cuda:N (whether that GPU exists is checked before training)."""
+    if text in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+
+
+def add_device_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", type=device_name, default="auto", metavar="auto|cpu|cuda|cuda:N",
+                        help="training device (default auto: the GPU when there is one, else the CPU)")
+
+
+def add_set_arg(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a recipe key of {what}, e.g. --set lr=1e-3 --set batch_size=32 "
+                             "(repeatable; keys: rampsearch/configs/recipes/paper.yaml)")
+
+
+def add_keep_checkpoints_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep each finished training's resume state (ckpt-*.safetensors, checkpoint.json); "
+                             "by default only model.safetensors, metrics and result.json stay")
+
+
+def add_output_args(parser: argparse.ArgumentParser, json_help: str) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress lines; only the result and errors")
+    parser.add_argument("--json", action="store_true", help=json_help)
+
+
+def logger(args: argparse.Namespace):
+    """Where a command's progress lines go: stdout, stderr when stdout carries JSON, nowhere with --quiet."""
+    if args.quiet:
+        return lambda message: None
+    if args.json:
+        return lambda message: print(message, file=sys.stderr)
+    return print

@@ -1,47 +1,51 @@
-"""`rampsearch retrain`: fully retrain a search's best schedules and the hand-set ramp over seeds."""
+"""`rampsearch retrain`: retrain a search's best schedules and the hand-set ramp over seeds."""
 from __future__ import annotations
 
 import argparse
-import sys
 
+from ..config import parse_set
 from ..retrain import run_retrain
-from .common import print_json
+from .common import (add_device_arg, add_keep_checkpoints_arg, add_output_args, add_set_arg, logger, positive_int,
+                     print_json)
 
 
 def add_retrain_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--top", type=int, help="retrain the best K distinct within-budget schedules "
-                                                "(default: the space's retrain.top, else 1)")
-    parser.add_argument("--seeds", type=int,
-                        help="seeds per schedule, the same for all (default: retrain.seeds, else 3)")
+    parser.add_argument("--top", type=positive_int, help="retrain the best K distinct within-budget searched "
+                                                         "schedules (default: the space's retrain.top, else 1)")
+    parser.add_argument("--seeds", type=positive_int,
+                        help="seeds per schedule, the same for all (default: retrain.seeds, else 3); one seed "
+                             "gives no test of the difference")
     parser.add_argument("--recipe", help="paper | proxy | a recipe YAML (default: retrain.recipe, else paper)")
-    parser.add_argument("--epochs", type=int, help="epochs (default: retrain.epochs, else the recipe's)")
+    parser.add_argument("--epochs", type=positive_int, help="epochs (default: retrain.epochs, else the recipe's)")
     parser.add_argument("--baselines", action="store_true",
                         help="also train DeiT-style ViT, CrossViT and T2T-ViT at FLOPs matched to the budget")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "retrain", help="retrain the best schedules and the hand-set ramp with the full recipe",
+        "retrain", help="retrain the best schedules and the hand-set ramp over seeds",
         description="Retrain the search's best (and top-K) within-budget schedules and the hand-set ramp on the "
-                    "same data with the same seeds. Resumable: rerun the same command after an interruption. "
-                    "Writes RUN_DIR/retrain/ (results.csv, one folder per schedule and seed).")
+                    "same data with the same seeds and recipe. Every model and the data are checked before "
+                    "anything trains. Resumable: rerun the same command after an interruption. Writes "
+                    "RUN_DIR/retrain/ (plan.json, results.csv, one folder per schedule and seed).")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a search's run directory")
     add_retrain_args(parser)
     parser.add_argument("--storage", metavar="URL", help="the search's RDB storage, if it used one")
-    parser.add_argument("--device", choices=["cpu", "cuda"], help="training device (default: cuda if available)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    add_device_arg(parser)
+    add_set_arg(parser, "the retraining (over the space's proxy and retrain overrides)")
+    add_keep_checkpoints_arg(parser)
+    add_output_args(parser, "print the results as JSON on stdout")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
     frame = run_retrain(args.run_dir, args.top, args.seeds, args.recipe, args.epochs, args.baselines, args.device,
-                        args.storage, log=log)
+                        args.storage, parse_set(args.overrides), args.keep_checkpoints, log=logger(args))
     summary = frame.groupby("name", sort=False)["top1"].agg(["mean", "std", "count"]).reset_index()
     if args.json:
         print_json({"runs": frame.to_dict(orient="records"), "summary": summary.to_dict(orient="records")})
         return 0
     for row in summary.itertuples(index=False):
-        std = 0.0 if row.count < 2 else row.std
-        print(f"{row.name:>10}: top-1 {row.mean:.2f} ± {std:.2f}% over {row.count} seed(s)")
+        spread = "(1 seed: no spread)" if row.count < 2 else f"± {row.std:.2f}% over {row.count} seeds"
+        print(f"{row.name:>10}: top-1 {row.mean:.2f}% {spread}")
     return 0

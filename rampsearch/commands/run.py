@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
+from ..config import parse_set
 from ..report import build_report
 from ..retrain import run_retrain
 from ..search import run_search
+from .common import logger
 from .report import print_outcome
 from .retrain import add_retrain_args
 from .search import add_search_args, options_from_args
@@ -16,7 +17,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run", help="search, retrain the best against the hand-set ramp, and write the report",
         description="The main job: search SPACE.yaml under its budget, retrain the best schedule(s) and the "
-                    "hand-set ramp over seeds, then write the comparison report. Rerunning resumes each step.")
+                    "hand-set ramp over seeds, then write the comparison report. Rerunning resumes each step. "
+                    "--set applies to the search's proxy trainings and to the retraining alike.")
     add_search_args(parser)
     add_retrain_args(parser)
     parser.add_argument("--report-out", metavar="DIR", help="where to write the report (default: RUN_DIR/report)")
@@ -25,9 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options, run_dir = options_from_args(args)
-    log = (lambda msg: print(msg, file=sys.stderr)) if args.json or args.quiet else print
+    log = logger(args)
     run_search(args.space, run_dir, options, args.backend, show_progress=not args.quiet and not args.json, log=log)
     run_retrain(run_dir, args.top, args.seeds, args.recipe, args.epochs, args.baselines, args.device,
-                options.storage, log=log)
-    print_outcome(build_report(run_dir, args.report_out, options.storage), args.json)
+                options.storage, parse_set(args.overrides), args.keep_checkpoints, log=log)
+    print_outcome(build_report(run_dir, args.report_out, options.storage, log=log), args.json)
     return 0

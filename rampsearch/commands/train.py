@@ -12,7 +12,9 @@ import sys
 
 from ..config import TrainConfig, parse_set
 from ..data import SYNTHETIC
-from .common import add_model_args, print_json, resolve_model_args
+from ..errors import ensure_directory
+from .common import (add_device_arg, add_keep_checkpoints_arg, add_model_args, add_output_args, add_set_arg,
+                     nonnegative_int, positive_int, print_json, resolve_model_args)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -27,32 +29,33 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default=SYNTHETIC, metavar=f"{SYNTHETIC}|PATH",
                         help=f"'{SYNTHETIC}' (built-in, default) or an image folder: PATH/train/CLASS/* and "
                              "PATH/val/CLASS/*, or PATH/CLASS/* split by the recipe's val_split")
-    parser.add_argument("--epochs", type=int, metavar="N", help="epochs to train (default: the recipe's)")
+    parser.add_argument("--epochs", type=positive_int, metavar="N", help="epochs to train (default: the recipe's)")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="output directory: checkpoints, metrics.csv, model.safetensors, result.json")
     parser.add_argument("--recipe", default="proxy", metavar="proxy|paper|FILE",
                         help="training recipe (default proxy): a shipped one or a YAML file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a recipe key, e.g. --set lr=1e-3 --set mixup=0 (repeatable)")
-    parser.add_argument("--seed", type=int, help="training seed (default: the recipe's)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N")
+    add_set_arg(parser, "the training")
+    parser.add_argument("--seed", type=nonnegative_int, help="training seed (default: the recipe's)")
+    add_device_arg(parser)
     parser.add_argument("--no-resume", dest="resume", action="store_false",
-                        help="start over even if --out holds a checkpoint of this run")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch log")
-    parser.add_argument("--json", action="store_true",
-                        help='print the final metrics as JSON: {"top1", "top5", "loss", "epochs", "seconds", ...}')
+                        help="start over even if --out holds a checkpoint or the finished result of this run")
+    add_keep_checkpoints_arg(parser)
+    add_output_args(parser, 'print the final metrics as JSON: {"top1", "top5", "loss", "epochs", "seconds", ...}')
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import fit
+    from ..train import fit, preflight
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
     arch, ramp, img_size = resolve_model_args(args)
     config = TrainConfig(architecture=arch.to_dict(), ramp=list(ramp.ratios), img_size=img_size, data=args.data,
                          recipe=args.recipe, overrides=parse_set(args.overrides), epochs=args.epochs,
-                         seed=args.seed, out=args.out, device=args.device, resume=args.resume, quiet=args.quiet)
+                         seed=args.seed, out=args.out, device=args.device, resume=args.resume, quiet=args.quiet,
+                         keep_checkpoints=args.keep_checkpoints)
+    preflight(config)
+    ensure_directory(args.out, "--out")
     result = fit(config)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one report
         return 0
