@@ -13,6 +13,7 @@ from rampsearch.search.record import INTERRUPTED, OVER_BUDGET, TrialRecord
 from rampsearch.search.study import (check_storage_url, counted_trials, fail_trial, open_storage,
                                      retry_interrupted, trial_by_number)
 from rampsearch.errors import UserError
+from rampsearch.ramp import RampSchedule
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "rampsearch"
@@ -126,3 +127,45 @@ def test_unsupported_storage_scheme_names_what_would_work():
     with pytest.raises(UserError, match=r"install it with `pip install 'PyMySQL'`") as info:
         check_storage_url("mysql://alice:s3cret@host/db")
     assert "s3cret" not in str(info.value)
+
+
+def _finished(study: optuna.Study, record: TrialRecord, value: float) -> None:
+    trial = study.ask()
+    record.save(trial.set_user_attr)
+    study.tell(trial, value)
+
+
+def test_best_yaml_says_when_the_hand_set_ramp_won_the_search(tmp_path):
+    import yaml
+
+    from rampsearch.search.results import standing, write_outputs
+    from rampsearch.search.space import load_space
+
+    space = load_space(ROOT / "tests" / "data" / "tiny_space.yaml")
+    handset = space.handset()
+    searched = space.candidate(handset.arch, RampSchedule((1.0, 0.5, 0.5, 0.5, 1 / 3)))
+    study = optuna.create_study(direction="maximize")
+    _finished(study, handset.record(0), 50.0)
+    _finished(study, searched.record(0), 40.0)
+    result = standing(study)
+    assert result.handset_scored_higher and result.best.number == 1
+    assert "hand-set ramp scored higher than every searched schedule" in result.sentence()
+    write_outputs(study, space, tmp_path)
+    best = (tmp_path / "best.yaml").read_text()
+    assert "# Note: the hand-set ramp scored higher" in best
+    data = yaml.safe_load(best)
+    assert data["handset_scored_higher"] is True and data["accuracy"] == 40.0 and data["handset_accuracy"] == 50.0
+    _finished(study, searched.record(0), 60.0)  # a searched schedule that beats it: no caveat
+    assert not standing(study).handset_scored_higher and standing(study).sentence() is None
+
+
+def test_every_command_that_trains_takes_the_same_flags(capsys):
+    from rampsearch.cli import COMMANDS, main
+
+    for name in COMMANDS:
+        with pytest.raises(SystemExit):
+            main([name, "--help"])
+        text = capsys.readouterr().out
+        wanted = ["--quiet", "--json"] + (["--device", "--set", "--keep-checkpoints"]
+                                          if name in ("train", "search", "retrain", "run") else [])
+        assert all(flag in text for flag in wanted), name
