@@ -1,7 +1,7 @@
 """A small document model rendered twice: self-contained HTML and Markdown with PNG files.
 
 Readable at 700 px: every table sits in a box that scrolls sideways rather than widening the
-page, cells wrap at spaces, and figures shrink to the page width. A table's CSV always holds
+page, cells wrap at spaces (never inside a word or number), and figures shrink to the page width. A table's CSV always holds
 every column; what the page shows of it may be split into narrower views (`Document.table`).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; 
 h1 { border-bottom: 2px solid #444; overflow-wrap: anywhere; } h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
 .table-wrap { overflow-x: auto; margin: 1em 0; }
 table { border-collapse: collapse; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 4px 6px; text-align: right; overflow-wrap: anywhere; }
+th, td { border: 1px solid #ccc; padding: 4px 6px; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 figure { margin: 1em 0; } img { max-width: 100%; height: auto; }
 .verdict { font-size: 1.15em; padding: 0.6em 1em; background: #eef4ff; }

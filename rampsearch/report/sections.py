@@ -466,6 +466,8 @@ def training_curves_section(doc, data) -> None:
             rows += [{"schedule": name, "metric": metric, "epoch": e, "mean": m} for e, m in zip(epochs, mean)]
     top.set(xlabel="epoch", ylabel="validation top-1 (%)")
     bottom.set(xlabel="epoch", ylabel="training loss")
+    for ax in (top, bottom):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole
     _legend_outside(fig, top)
     band = "band: min-max over seeds, in the line's colour" if banded else "one seed: no band"
     doc.figure(fig, "curves", f"Retraining curves, mean over seeds ({band}).")
