@@ -169,3 +169,12 @@ def test_every_command_that_trains_takes_the_same_flags(capsys):
         wanted = ["--quiet", "--json"] + (["--device", "--set", "--keep-checkpoints"]
                                           if name in ("train", "search", "retrain", "run") else [])
         assert all(flag in text for flag in wanted), name
+
+
+def test_trials_written_before_the_record_read_the_same():
+    old_handset = TrialRecord.from_attrs({"baseline": True, "ramp": [0.5], "flops": 1, "params": 2})
+    assert old_handset.handset and old_handset.ramp == (0.5,) and old_handset.status is None
+    assert TrialRecord.from_attrs({"infeasible": True, "reason": "gflops over budget by 0.1"}).over_budget
+    assert TrialRecord.from_attrs({"error": "interrupted (worker process died)"}).interrupted
+    failed = TrialRecord.from_attrs({"error": "MemoryError: boom"})
+    assert failed.status == "failed" and failed.reason == "MemoryError: boom"

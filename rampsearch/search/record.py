@@ -65,7 +65,7 @@ class TrialRecord:
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> "TrialRecord":
         known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in attrs.items() if k in known}
+        values = {**_legacy(attrs), **{k: v for k, v in attrs.items() if k in known}}
         if values.get("ramp") is not None:
             values["ramp"] = tuple(values["ramp"])
         values["history"] = tuple(values.get("history", ()))
@@ -83,6 +83,21 @@ class TrialRecord:
     @property
     def interrupted(self) -> bool:
         return self.status == INTERRUPTED
+
+
+def _legacy(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Fields of a trial written before this record existed (rampsearch 0.1 studies keep resuming)."""
+    out: dict[str, Any] = {}
+    if "baseline" in attrs:  # the hand-set ramp's trial was flagged `baseline`
+        out["handset"] = bool(attrs["baseline"])
+    if attrs.get("infeasible"):
+        out["status"] = OVER_BUDGET
+    elif "error" in attrs:
+        out["status"] = INTERRUPTED if str(attrs["error"]).startswith("interrupted") else FAILED
+    reason = attrs.get("error") or attrs.get("reason")
+    if reason is not None:
+        out["reason"] = reason
+    return out
 
 
 def _to_json(value: Any) -> Any:
