@@ -96,12 +96,12 @@ def drop_checkpoint(out: Path) -> None:
         old.unlink()
 
 
-def read_json(path: Path, what: str) -> Any:
-    """A JSON file written by this module; a damaged one is a UserError naming it."""
+def read_json(path: Path, what: str, fix: str = "delete it to start that run over") -> Any:
+    """A JSON file rampsearch wrote; a damaged one is a UserError naming it and `fix`."""
     try:
         return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{what} {path} cannot be read ({exc}); delete it to start that run over") from None
+        raise UserError(f"{what} {path} cannot be read ({exc}); {fix}") from None
 
 
 def save_weights(path: Path, state_dict: dict[str, torch.Tensor]) -> None:

@@ -216,6 +216,13 @@ def _checked(r: Recipe) -> Recipe:
     return r
 
 
+def check_epochs(recipe: Recipe, epochs: int) -> None:
+    """A run must be longer than its warmup and cooldown, or its lr schedule has no body."""
+    if not epochs > recipe.warmup_epochs + recipe.cooldown_epochs:
+        raise ConfigError(f"epochs ({epochs}) must exceed warmup_epochs ({recipe.warmup_epochs}) + "
+                          f"cooldown_epochs ({recipe.cooldown_epochs}); lower them with --set")
+
+
 def parse_set(items: Sequence[str]) -> dict[str, Any]:
     """`--set KEY=VALUE` items → overrides; VALUE is read as YAML (numbers, lists, null, true)."""
     out: dict[str, Any] = {}

@@ -13,7 +13,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,7 +26,7 @@ from .model_spec import ModelSpec, build_model
 from .ramp import RampSchedule
 from .redact import redact_command
 from .search.results import ranked_searched, standing
-from .search.space import RetrainSettings, SearchSpace
+from .search.space import RetrainSettings, SearchSpace, parse_retrain_settings
 from .search.study import load_run
 from .search.trial import run_trial, train_config
 
@@ -61,16 +61,13 @@ class RetrainPlan:
 
 
 def retrain_settings(space: SearchSpace, **given: Any) -> RetrainSettings:
-    """Command-line values over the space's `retrain:` section; overrides merge key by key."""
-    overrides = given.pop("overrides", None) or {}
-    settings = replace(space.retrain, **{k: v for k, v in given.items() if v is not None})
-    for key in ("top", "seeds"):
-        value = getattr(settings, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserError(f"--{key} must be a positive integer, got {value!r}")
-    if settings.epochs is not None and (isinstance(settings.epochs, bool) or settings.epochs < 1):
-        raise UserError(f"--epochs must be a positive integer, got {settings.epochs!r}")
-    return replace(settings, overrides={**settings.overrides, **overrides})
+    """Command-line values over the space's `retrain:` section (overrides merge key by key), checked as the
+    space's own section is."""
+    merged = {**space.retrain.to_dict(), **{k: v for k, v in given.items() if v is not None}}
+    merged["overrides"] = {**space.retrain.overrides, **(given.get("overrides") or {})}
+    if merged["epochs"] is None:  # the recipe's own length
+        del merged["epochs"]
+    return parse_retrain_settings(merged, "retraining options")
 
 
 def plan(run_dir: Path, settings_given: dict[str, Any], baselines: bool, storage: str | None = None) -> RetrainPlan:

@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from .checkpoint import POINTER, drop_checkpoint, load_checkpoint, read_json, save_checkpoint, save_weights, write_json
-from .config import ConfigError, Recipe, TrainConfig, load_recipe
+from .checkpoint import drop_checkpoint, load_checkpoint, read_json, save_checkpoint, save_weights, write_json
+from .config import ConfigError, Recipe, TrainConfig, check_epochs, load_recipe
 from .data import SYNTHETIC, SyntheticImages, build_datasets, check_data
 from .errors import UserError
 from .model_spec import ModelSpec, build_model
@@ -54,7 +54,6 @@ from .model_spec import ModelSpec, build_model
 log = logging.getLogger(__name__)
 
 OnEpoch = Callable[[int, dict[str, float]], Any]
-FINAL_METRICS = ("top1", "top5", "loss", "train_loss")
 
 # Config fields that do not change what is trained, so a checkpoint can resume under other values.
 _RUNTIME_FIELDS = ("out", "device", "resume", "quiet", "recipe", "overrides", "keep_checkpoints")
@@ -113,15 +112,18 @@ def preflight(config: TrainConfig | Mapping[str, Any]) -> None:
     with one line, not after every trial has failed the same way.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
-    device = resolve_device(cfg.device)
+    spec, recipe, _ = _resolve(cfg, resolve_device(cfg.device))
+    check_data(cfg.data, recipe, spec.img_size)
+
+
+def _resolve(cfg: TrainConfig, device: str) -> tuple[ModelSpec, Recipe, int]:
+    """(model, recipe, epochs) of a run, checked: the recipe's keys, its length, memory for the image size."""
     spec = model_spec(cfg)
     recipe = load_recipe(cfg.recipe, cfg.overrides, spec.variant)
     epochs = recipe.epochs if cfg.epochs is None else cfg.epochs
-    if not epochs > recipe.warmup_epochs + recipe.cooldown_epochs:
-        raise ConfigError(f"epochs ({epochs}) must exceed warmup_epochs ({recipe.warmup_epochs}) + "
-                          f"cooldown_epochs ({recipe.cooldown_epochs}); lower them with --set")
-    check_data(cfg.data, recipe, spec.img_size)
+    check_epochs(recipe, epochs)
     _check_activation_memory(spec, recipe.batch_size, device)
+    return spec, recipe, epochs
 
 
 # Refuses image sizes off by orders of magnitude, before anything is allocated. Training keeps about
@@ -368,14 +370,8 @@ class _Trainer:
 
 def _fit(cfg: TrainConfig, proc: _Process, on_epoch: OnEpoch | None) -> TrainResult:
     session_start = time.perf_counter()
-    spec = model_spec(cfg)
-    recipe = load_recipe(cfg.recipe, cfg.overrides, spec.variant)
-    _check_activation_memory(spec, recipe.batch_size, str(proc.device))
-    epochs = recipe.epochs if cfg.epochs is None else cfg.epochs
+    spec, recipe, epochs = _resolve(cfg, str(proc.device))
     seed = recipe.seed if cfg.seed is None else cfg.seed
-    if not epochs > recipe.warmup_epochs + recipe.cooldown_epochs:
-        raise ConfigError(f"epochs ({epochs}) must exceed warmup_epochs ({recipe.warmup_epochs}) + "
-                          f"cooldown_epochs ({recipe.cooldown_epochs}); lower them with --set")
     identity = _identity(cfg, recipe, spec, epochs, seed)
     out = Path(cfg.out) if cfg.out else None
     if out and cfg.resume:
@@ -510,10 +506,8 @@ def _identity(cfg: TrainConfig, recipe: Recipe, spec: ModelSpec, epochs: int, se
 
 def _check_same_run(out: Path, identity: dict[str, Any]) -> None:
     """Refuse to train into `out` if it holds another run (finished or not): nothing of it may be lost."""
-    config_file = out / "config.json"
+    config_file = out / "config.json"  # written when a run starts, before its first checkpoint
     saved = read_json(config_file, "training config") if config_file.is_file() else None
-    if saved is None and (out / POINTER).is_file():  # a checkpoint from before config.json was written first
-        saved = load_checkpoint(out)[2]["identity"]
     if saved is None or saved == identity:
         return
     changed = sorted(k for k in {*saved, *identity} if saved.get(k) != identity.get(k))
@@ -531,10 +525,7 @@ def _finished_result(out: Path) -> TrainResult | None:
     if not result_file.is_file():
         return None
     stored = read_json(result_file, "training result")
-    history = stored["history"]
-    best = max(history, key=lambda row: row["top1"])
-    return TrainResult({k: history[-1][k] for k in FINAL_METRICS}, dict(best), history, stored["seconds"],
-                       stored["params"], stored["img_s"], stored["epochs"], stored.get("stopped"), str(out))
+    return _result(stored["history"], stored["seconds"], stored["params"], stored.get("stopped"), out)
 
 
 def _write_csv(path: Path, history: list[dict[str, float]]) -> None:
@@ -552,7 +543,7 @@ def _result(history: list[dict[str, float]], seconds: float, params: int, stoppe
         raise ConfigError("no epoch was trained")
     best = max(history, key=lambda row: row["top1"])
     img_s = sum(row["img_s"] for row in history) / len(history)
-    final = {k: history[-1][k] for k in FINAL_METRICS}
+    final = {k: history[-1][k] for k in ("top1", "top5", "loss", "train_loss")}
     return TrainResult(final, dict(best), history, seconds, params, img_s, len(history), stopped,
                        str(out) if out else None)
 

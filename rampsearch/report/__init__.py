@@ -9,7 +9,6 @@ missing or unfinished run is a UserError, and no report directory is left behind
 """
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from ..checkpoint import read_json
 from ..errors import UserError, ensure_directory
 from .document import Document
 
@@ -39,10 +39,7 @@ class RunData:
 
 
 def _read_json(path: Path, what: str, run_dir: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{what} {path} cannot be read ({exc}); rerun `rampsearch retrain {run_dir}`") from None
+    return read_json(path, what, fix=f"rerun `rampsearch retrain {run_dir}`")
 
 
 def _read_results(path: Path, run_dir: Path) -> pd.DataFrame:

@@ -1,8 +1,9 @@
 """A small document model rendered twice: self-contained HTML and Markdown with PNG files.
 
 Readable at 700 px: every table sits in a box that scrolls sideways rather than widening the
-page, cells wrap at spaces (never inside a word or number), and figures shrink to the page width. A table's CSV always holds
-every column; what the page shows of it may be split into narrower views (`Document.table`).
+page, cells wrap at spaces (never inside a word or number), and figures shrink to the page width.
+A table's CSV always holds every column; what the page shows of it may be split into narrower
+views (`Document.table`).
 """
 from __future__ import annotations
 

@@ -94,7 +94,7 @@ def preflight(space: SearchSpace, options: SearchOptions) -> None:
     """Check, once before the first trial, what would make every trial fail: device, recipe, data, memory."""
     from ..train import preflight as check_training
 
-    check_training(train_config(space, candidate_spec(space, space.handset()), Path("unused"), options.device))
+    check_training(train_config(space, candidate_spec(space, space.handset()), None, options.device))
 
 
 def _failure(study: optuna.Study) -> str:

@@ -7,7 +7,6 @@ by Ctrl-C is marked interrupted and retried on the next run, resuming from its c
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import multiprocessing
 import os
@@ -34,28 +33,27 @@ EpochLine = Callable[[int, int, dict[str, float]], None]  # (trial number, epoch
 def make_objective(space: SearchSpace, run_dir: Path, options: SearchOptions,
                    on_epoch: EpochLine | None = None) -> Callable[[optuna.Trial], Any]:
     def objective(trial: optuna.Trial) -> Any:
-        TrialRecord(worker=worker_identity()).save(trial.set_user_attr, "worker")
+        TrialRecord(worker=worker_identity()).save(trial.set_user_attr)
         candidate = space.suggest(trial)
         if not admitted(candidate):
             raise optuna.TrialPruned(candidate.describe_violation())
         given = TrialRecord.from_attrs(trial.user_attrs)
         # A retried trial trains in its original's folder, so training resumes from its checkpoint.
         folder_number = given.folder if given.folder is not None else trial.number
-        record = dataclasses.replace(candidate.record(space.search.seed), folder=folder_number)
-        record.save(trial.set_user_attr, "folder")
+        TrialRecord(folder=folder_number).save(trial.set_user_attr)
+        history = TrialRecord()
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
-            nonlocal record
-            record = record.with_epoch(epoch, {k: metrics[k] for k in ("top1", "top5", "loss", "train_loss")})
-            record.save(trial.set_user_attr, "history")
+            nonlocal history
+            history = history.with_epoch(epoch, {k: metrics[k] for k in ("top1", "top5", "loss", "train_loss")})
+            history.save(trial.set_user_attr)
             if on_epoch:
                 on_epoch(trial.number, epoch, metrics)
             if not space.multi_objective:
                 trial.report(metrics["top1"], epoch)
                 if trial.should_prune():
                     reason = f"pruned by the {space.search.pruner} pruner after epoch {epoch}/{space.proxy.epochs}"
-                    dataclasses.replace(record, status=PRUNED, reason=reason).save(
-                        trial.set_user_attr, "status", "reason")
+                    TrialRecord(status=PRUNED, reason=reason).save(trial.set_user_attr)
                     raise optuna.TrialPruned(reason)
 
         config = train_config(space, candidate_spec(space, candidate), run_dir / "trials" / f"{folder_number:04d}",
@@ -65,13 +63,12 @@ def make_objective(space: SearchSpace, run_dir: Path, options: SearchOptions,
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:  # Optuna marks the trial FAIL; the record says to retry it
-            TrialRecord(status=INTERRUPTED, reason="interrupted (Ctrl-C)").save(trial.set_user_attr, "status", "reason")
+            TrialRecord(status=INTERRUPTED, reason="interrupted (Ctrl-C)").save(trial.set_user_attr)
             raise
         except Exception as exc:  # recorded with its reason; the search goes on
-            TrialRecord(status=FAILED, reason=f"{type(exc).__name__}: {exc}"[:2000]).save(
-                trial.set_user_attr, "status", "reason")
+            TrialRecord(status=FAILED, reason=f"{type(exc).__name__}: {exc}"[:2000]).save(trial.set_user_attr)
             raise
-        TrialRecord(duration_s=result["seconds"]).save(trial.set_user_attr, "duration_s")
+        TrialRecord(duration_s=result["seconds"]).save(trial.set_user_attr)
         values = {"accuracy": result["top1"], "flops": candidate.flops / 1e9, "params": candidate.params / 1e6}
         return tuple(values[o] for o in space.objectives) if space.multi_objective else values["accuracy"]
 

@@ -167,8 +167,7 @@ class RampOptunaSearch(OptunaSearch):
             config = super().suggest(trial_id)
             ot_trial = _optuna_trial(self, trial_id)
             if config["admitted"]:
-                TrialRecord(folder=ot_trial.number, ray_trial_id=trial_id).save(
-                    ot_trial.set_user_attr, "folder", "ray_trial_id")
+                TrialRecord(folder=ot_trial.number, ray_trial_id=trial_id).save(ot_trial.set_user_attr)
                 return {**config, "number": ot_trial.number}
             _reject(self, trial_id)  # its record says over_budget
         return Searcher.FINISHED
@@ -202,20 +201,20 @@ class RampOptunaSearch(OptunaSearch):
             return
         if result:  # Tune hands a trial's last result to on_trial_complete only
             _record_epoch(ot_trial, result)
-            TrialRecord(duration_s=result["time_total_s"]).save(ot_trial.set_user_attr, "duration_s")
+            TrialRecord(duration_s=result["time_total_s"]).save(ot_trial.set_user_attr)
         epochs = (result or {}).get("epoch", 0)
         if epochs < self.max_epochs:
-            TrialRecord(status=PRUNED, reason=f"stopped by ASHA after epoch {epochs}/{self.max_epochs}").save(
-                ot_trial.set_user_attr, "status", "reason")
+            reason = f"stopped by ASHA after epoch {epochs}/{self.max_epochs}"
+            TrialRecord(status=PRUNED, reason=reason).save(ot_trial.set_user_attr)
             _finish(self, trial_id, TrialState.PRUNED)
             return
         super().on_trial_complete(trial_id, result, error)
 
 
 def _record_epoch(ot_trial: optuna.Trial, result: dict) -> None:
-    record = TrialRecord.from_attrs(ot_trial.user_attrs).with_epoch(
+    history = TrialRecord(history=TrialRecord.from_attrs(ot_trial.user_attrs).history).with_epoch(
         result["epoch"], {k: result[k] for k in HISTORY_METRICS if k in result})
-    record.save(ot_trial.set_user_attr, "history")
+    history.save(ot_trial.set_user_attr)
 
 
 # -- the trainable ----------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ A trial's record lives in its Optuna user attributes, one attribute per field, u
 name, so any Optuna client (optuna-dashboard, `study.trials_dataframe()`) shows it as it is. Only
 this module turns attributes into fields and back: write with `record.save(trial.set_user_attr)`
 (any `(key, value)` setter works: a Ray-side trial, a storage write for a trial of a dead process),
-read with `TrialRecord.of(frozen_trial)`.
+read with `TrialRecord.of(frozen_trial)`. `save` writes the fields that differ from their defaults,
+so a partial record updates just those: `TrialRecord(status=PRUNED, reason=...).save(...)`.
 
 `status` says why a trial is in its Optuna state, which the state alone cannot: an over-budget
 candidate and a pruned one are both PRUNED; a failed trial and an interrupted one are both FAIL.
@@ -49,14 +50,12 @@ class TrialRecord:
     duration_s: float | None = None  # training wall time, resumed sessions included
     ray_trial_id: str | None = None
 
-    def save(self, set_attr: SetAttr, *names: str) -> None:
-        """Write the fields `names` (default: every field not at its default) through `set_attr`."""
-        defaults = {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
-                    for f in dataclasses.fields(self)}
-        for name in names or [n for n in defaults if getattr(self, n) != defaults[n]]:
-            if name not in defaults:
-                raise KeyError(f"TrialRecord has no field {name!r}")
-            set_attr(name, _to_json(getattr(self, name)))
+    def save(self, set_attr: SetAttr) -> None:
+        """Write every field not at its default through `set_attr` (a partial record updates only its fields)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value != f.default:  # every field's default is a plain value (history's is the empty tuple)
+                set_attr(f.name, _to_json(value))
 
     @classmethod
     def of(cls, trial: FrozenTrial) -> "TrialRecord":

@@ -86,17 +86,16 @@ class Standing:
                 "runner-up, not an improvement the search found")
 
 
-def standing(study: optuna.Study) -> Standing:
-    ranked = _ranked(study)
-    best = next((t for t in ranked if not TrialRecord.of(t).handset), None)
-    handset = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                    if TrialRecord.of(t).handset), None)
-    return Standing(best, handset)
-
-
 def ranked_searched(study: optuna.Study) -> list[tuple[FrozenTrial, TrialRecord]]:
     """Complete within-budget searched trials (the hand-set ramp left out), best first, with their records."""
     return [(t, r) for t in _ranked(study) if not (r := TrialRecord.of(t)).handset]
+
+
+def standing(study: optuna.Study) -> Standing:
+    best = next(iter(ranked_searched(study)), (None, None))[0]
+    handset = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if TrialRecord.of(t).handset), None)
+    return Standing(best, handset)
 
 
 def write_best(result: Standing, space: SearchSpace, path: Path) -> None:

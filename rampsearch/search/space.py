@@ -323,7 +323,7 @@ def _integer(value: Any, source: str, key: str, minimum: int = 1) -> int:
 
 def _proxy_settings(data: Any, source: str, base: Architecture, overrides: dict[str, Any] | None) -> ProxySettings:
     """The proxy section, its recipe and overrides checked now, and its epochs resolved once."""
-    from ..config import ConfigError, load_recipe
+    from ..config import ConfigError, check_epochs, load_recipe
 
     proxy = _mapping(data, source, "proxy", {"epochs", "data", "recipe", "overrides"})
     if not isinstance(proxy.get("overrides", {}), dict):
@@ -339,9 +339,10 @@ def _proxy_settings(data: Any, source: str, base: Architecture, overrides: dict[
         where = "--set" if overrides and any(k in str(exc) for k in overrides) else "proxy"
         raise _err(source, where, str(exc)) from None
     epochs = _integer(proxy["epochs"], source, "proxy.epochs") if "epochs" in proxy else recipe.epochs
-    if not epochs > recipe.warmup_epochs + recipe.cooldown_epochs:
-        raise _err(source, "proxy.epochs", f"{epochs} epochs must exceed warmup_epochs ({recipe.warmup_epochs}) "
-                                           f"+ cooldown_epochs ({recipe.cooldown_epochs}) of the recipe")
+    try:
+        check_epochs(recipe, epochs)
+    except ConfigError as exc:
+        raise _err(source, "proxy.epochs", str(exc)) from None
     return ProxySettings(epochs=epochs, data=proxy.get("data", "synthetic-freq"), recipe=recipe_name,
                          overrides=merged)
 
@@ -361,7 +362,8 @@ def _search_settings(data: Any, source: str, multi_objective: bool) -> SearchSet
     return settings
 
 
-def _retrain_settings(data: Any, source: str) -> RetrainSettings:
+def parse_retrain_settings(data: Any, source: str) -> RetrainSettings:
+    """A `retrain:` mapping as settings; errors name `source` and the key."""
     retrain = _mapping(data, source, "retrain", {"top", "seeds", "recipe", "epochs", "overrides"})
     for key in ("top", "seeds", "epochs"):
         if key in retrain:
@@ -422,7 +424,7 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "search"
         arch_choices=_arch_choices(data.get("search_architecture"), base, source), budget=budget,
         objectives=tuple(objectives), proxy=_proxy_settings(data.get("proxy"), source, base, overrides),
         search=_search_settings(data.get("search"), source, len(objectives) > 1),
-        retrain=_retrain_settings(data.get("retrain"), source), source=source)
+        retrain=parse_retrain_settings(data.get("retrain"), source), source=source)
 
 
 def check_budget(space: SearchSpace) -> tuple[int, int, str | None]:

@@ -173,7 +173,7 @@ def trial_by_number(study: optuna.Study, number: int) -> FrozenTrial:
 
 def fail_trial(study: optuna.Study, trial: FrozenTrial, record: TrialRecord) -> None:
     """Mark a trial another process left RUNNING as FAIL, writing `record`'s status and reason on it."""
-    _write_attrs(study, trial, record, "status", "reason")
+    _write_attrs(study, trial, record)
     study.tell(trial.number, state=TrialState.FAIL)
 
 
@@ -184,8 +184,7 @@ def retry_interrupted(study: optuna.Study) -> list[int]:
     the original's last checkpoint.
     """
     trials = study.get_trials(deepcopy=False)
-    retried = {TrialRecord.of(t).retry_of for t in trials}
-    retried |= {t.system_attrs.get("failed_trial") for t in trials}  # RDB heartbeat retries
+    retried = {TrialRecord.of(t).retry_of for t in trials} | _heartbeat_retried(trials)
     out = []
     for trial in trials:
         record = TrialRecord.of(trial)
@@ -206,7 +205,7 @@ def counted_trials(trials: list[FrozenTrial]) -> tuple[int, int]:
     does, once it starts), nor does a trial an RDB heartbeat failed and retried. Over-budget
     candidates never trained, so they do not count.
     """
-    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    retried = _heartbeat_retried(trials)
     active = infeasible = 0
     for t in trials:
         record = TrialRecord.of(t)
@@ -216,6 +215,12 @@ def counted_trials(trials: list[FrozenTrial]) -> tuple[int, int]:
                 t.state == TrialState.FAIL and (record.interrupted or t.number in retried)):
             active += 1
     return active, infeasible
+
+
+def _heartbeat_retried(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of trials an RDB heartbeat failed and enqueued again (RetryHeartbeatStaleTrialCallback
+    marks each retry with its original's number; its own accessor for it is experimental and warns)."""
+    return {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
 
 
 def worker_identity() -> dict[str, Any]:
@@ -247,7 +252,7 @@ def fail_orphans(study: optuna.Study, reason: str = "interrupted (its worker pro
     return found
 
 
-def _write_attrs(study: optuna.Study, trial: FrozenTrial, record: TrialRecord, *names: str) -> None:
-    """Write record fields on a trial this process holds no `optuna.Trial` for (Optuna private members)."""
+def _write_attrs(study: optuna.Study, trial: FrozenTrial, record: TrialRecord) -> None:
+    """Write a record on a trial this process holds no `optuna.Trial` for (Optuna private members)."""
     storage, trial_id = study._storage, trial._trial_id
-    record.save(lambda key, value: storage.set_trial_user_attr(trial_id, key, value), *names)
+    record.save(lambda key, value: storage.set_trial_user_attr(trial_id, key, value))

@@ -27,11 +27,12 @@ def candidate_spec(space: SearchSpace, candidate: Candidate) -> ModelSpec:
     return ModelSpec.iformer(candidate.arch, candidate.ramp, space.img_size)
 
 
-def train_config(space: SearchSpace, spec: ModelSpec, out_dir: Path, device: str | None = None,
+def train_config(space: SearchSpace, spec: ModelSpec, out_dir: Path | None, device: str | None = None,
                  epochs: int | None = None, recipe: str | None = None, seed: int | None = None,
                  overrides: dict[str, Any] | None = None, quiet: bool = True,
                  keep_checkpoints: bool = False) -> dict[str, Any]:
-    """The `train.fit` config that trains `spec` with the space's proxy settings, unless given."""
+    """The `train.fit` config that trains `spec` with the space's proxy settings, unless given; it writes
+    to `out_dir` (None: nowhere)."""
     proxy = space.proxy
     config: dict[str, Any] = {
         "img_size": spec.img_size,
@@ -40,7 +41,7 @@ def train_config(space: SearchSpace, spec: ModelSpec, out_dir: Path, device: str
         "overrides": {**proxy.overrides, **(overrides or {})},
         "epochs": epochs or proxy.epochs,
         "seed": space.search.seed if seed is None else seed,
-        "out": str(out_dir),
+        "out": str(out_dir) if out_dir else None,
         "quiet": quiet,
         "keep_checkpoints": keep_checkpoints,
     }
