@@ -20,7 +20,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from .architecture import Architecture
-from .checkpoint import read_json
+from .checkpoint import RESULT, read_json
 from .errors import UserError
 from .model_spec import ModelSpec, build_model
 from .ramp import RampSchedule
@@ -168,13 +168,13 @@ def run_retrain(run_dir: str | Path, top: int | None = None, seeds: int | None =
     for contender in retrain_plan.contenders:
         for seed in range(settings.seeds):
             folder = out / contender.name / f"seed{seed}"
-            if (folder / "result.json").exists():  # train.fit writes it when the run is complete
+            if (folder / RESULT).exists():  # train.fit writes it when the run is complete
                 log(f"{contender.name} seed {seed}: done earlier")
             else:
                 log(f"{contender.name} seed {seed}: training ({settings.recipe} recipe, "
                     f"{settings.epochs or 'its'} epochs)")
                 run_trial(config(contender, seed), report=lambda epoch, metrics: None)
-            result = read_json(folder / "result.json", "training result")  # one source, fresh or earlier
+            result = read_json(folder / RESULT, "training result")  # one source, fresh or earlier
             rows.append({"name": contender.name, "kind": contender.kind, "seed": seed, "top1": result["top1"],
                          "top5": result["top5"], "loss": result["loss"], "seconds": result["seconds"],
                          "flops": contender.flops, "params": contender.params, "proxy_score": contender.proxy_score,

@@ -16,7 +16,8 @@ and only rank 0 writes.)
 
 Output directory (`out`, optional): checkpoint.json + ckpt-E.*.safetensors (rampsearch.checkpoint),
 metrics.csv (one row per epoch), and when done model.safetensors (+ model_ema.safetensors) and
-result.json. Rerunning with the same config resumes from the last checkpoint.
+result.json, which records their SHA-256 and sizes. Rerunning with the same config resumes from the
+last intact checkpoint (or from scratch if there is none, after removing what the earlier run left).
 
 Data-parallel: under `torchrun --nproc_per_node N` the same call trains with DDP (NCCL on GPUs,
 gloo on CPU); `batch_size` and `lr` stay global, BatchNorm running statistics are averaged across
@@ -45,7 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from .checkpoint import drop_checkpoint, load_checkpoint, read_json, save_checkpoint, save_weights, write_json
+from .checkpoint import (RESULT, drop_checkpoint, file_digests, load_checkpoint, read_json, save_checkpoint,
+                         save_weights, write_json)
 from .config import ConfigError, Recipe, TrainConfig, check_epochs, load_recipe
 from .data import SYNTHETIC, SyntheticImages, build_datasets, check_data
 from .errors import UserError
@@ -59,6 +61,9 @@ OnEpoch = Callable[[int, dict[str, float]], Any]
 _RUNTIME_FIELDS = ("out", "device", "resume", "quiet", "recipe", "overrides", "keep_checkpoints")
 _RUNTIME_RECIPE_KEYS = ("compile", "eval_batch_size")
 
+
+# A finished run's weights (beside RESULT, which records their checksums).
+MODEL_FILE, EMA_FILE = "model.safetensors", "model_ema.safetensors"
 
 # Without a terminal (a log file, a CI job) there is no progress bar; a line this often instead. At
 # the proxy recipe's batch of 64 that is every 3,200 images: a few lines a minute on a CPU.
@@ -399,9 +404,10 @@ def _fit(cfg: TrainConfig, proc: _Process, on_epoch: OnEpoch | None) -> TrainRes
             log.info("resuming %s after epoch %d of %d", out, start_epoch, epochs)
     if out and proc.primary:
         out.mkdir(parents=True, exist_ok=True)
-        if not resumed:  # starting over (--no-resume): what an earlier run left must not pass for this one's
+        if not resumed:  # starting over (--no-resume, no intact checkpoint): what an earlier run left must go
             drop_checkpoint(out)
-            (out / "result.json").unlink(missing_ok=True)
+            for name in (RESULT, MODEL_FILE, EMA_FILE):
+                (out / name).unlink(missing_ok=True)
         write_json(out / "config.json", identity)
 
     stopped = None
@@ -440,10 +446,11 @@ def _fit(cfg: TrainConfig, proc: _Process, on_epoch: OnEpoch | None) -> TrainRes
     params = sum(p.numel() for p in trainer.net.parameters())
     result = _result(history, earlier_seconds + time.perf_counter() - session_start, params, stopped, out)
     if out and proc.primary:
-        save_weights(out / "model.safetensors", trainer.net.state_dict())
+        save_weights(out / MODEL_FILE, trainer.net.state_dict())
         if trainer.ema:
-            save_weights(out / "model_ema.safetensors", trainer.ema.module.state_dict())
-        write_json(out / "result.json", {**result.summary(), "history": history})
+            save_weights(out / EMA_FILE, trainer.ema.module.state_dict())
+        weights = (MODEL_FILE, EMA_FILE) if trainer.ema else (MODEL_FILE,)
+        write_json(out / RESULT, {**result.summary(), "history": history, **file_digests(out, weights)})
         if not cfg.keep_checkpoints:
             drop_checkpoint(out)  # the run is complete: model.safetensors and result.json are what is kept
     return result
@@ -521,7 +528,7 @@ def _check_same_run(out: Path, identity: dict[str, Any]) -> None:
 
 def _finished_result(out: Path) -> TrainResult | None:
     """The stored result of the run in `out` if it completed earlier, else None."""
-    result_file = out / "result.json"
+    result_file = out / RESULT
     if not result_file.is_file():
         return None
     stored = read_json(result_file, "training result")
