@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     except KeyboardInterrupt:
-        resume = " (the running trial is marked interrupted; rerun the same command to retry it)" \
+        resume = " (rerun the same command to resume the unfinished trial(s) from their checkpoints)" \
             if args.command in ("search", "run") else " (rerun the same command to resume)"
         print(f"rampsearch {args.command}: interrupted{resume}", file=sys.stderr)
         sys.exit(130)

@@ -10,10 +10,12 @@ from optuna.trial import TrialState
 
 from rampsearch.redact import redact, redact_command
 from rampsearch.search.record import INTERRUPTED, OVER_BUDGET, TrialRecord
-from rampsearch.search.study import (check_storage_url, counted_trials, fail_trial, open_storage,
+from rampsearch.search.rdb import check_storage_url
+from rampsearch.search.study import (counted_trials, fail_trial, open_storage,
                                      retry_interrupted, trial_by_number)
 from rampsearch.errors import UserError
 from rampsearch.ramp import RampSchedule
+from rampsearch.search.space import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "rampsearch"
@@ -137,7 +139,6 @@ def test_best_yaml_says_when_the_hand_set_ramp_won_the_search(tmp_path):
     import yaml
 
     from rampsearch.search.results import standing, write_outputs
-    from rampsearch.search.space import load_space
 
     space = load_space(ROOT / "tests" / "data" / "tiny_space.yaml")
     handset = space.handset()
@@ -176,3 +177,74 @@ def test_trials_written_before_the_record_read_the_same():
     assert TrialRecord.from_attrs({"error": "interrupted (worker process died)"}).interrupted
     failed = TrialRecord.from_attrs({"error": "MemoryError: boom"})
     assert failed.status == "failed" and failed.reason == "MemoryError: boom"
+
+
+def test_a_candidate_is_trained_once_however_its_params_spell_it(tmp_path):
+    from rampsearch.search.study import duplicate_of
+
+    space = load_space(ROOT / "tests" / "data" / "tiny_space.yaml")
+    study = optuna.create_study(storage=open_storage(tmp_path, None), study_name="s")
+    first, same, other = study.ask(), study.ask(), study.ask()
+    handset = space.handset()
+    handset.record(0).save(first.set_user_attr)
+    handset.record(0).save(same.set_user_attr)  # other params, snapped to the same ramp
+    space.candidate(handset.arch, RampSchedule((1.0, 0.5, 0.5, 0.5, 0.0))).record(0).save(other.set_user_attr)
+    assert duplicate_of(study, first) is None  # the earlier of two equal proposals trains ...
+    assert duplicate_of(study, same) == first.number  # ... the later is rejected
+    assert duplicate_of(study, other) is None
+    retry = study.ask()
+    handset.record(0).save(retry.set_user_attr)
+    TrialRecord(retry_of=first.number).save(retry.set_user_attr)
+    assert duplicate_of(study, retry) is None  # a retry trains its original's candidate again
+
+
+def test_a_trial_failed_by_heartbeats_is_retried_in_its_folder_and_not_counted(tmp_path):
+    from rampsearch.search.study import _retry_stale, interrupted_numbers
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="s")
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    TrialRecord(folder=trial.number).save(trial.set_user_attr)
+    study.tell(trial, state=TrialState.FAIL)  # what Optuna's fail_stale_trials does before the callback
+    _retry_stale(study, trial_by_number(study, trial.number))
+    (waiting,) = study.get_trials(states=(TrialState.WAITING,))
+    record = TrialRecord.of(waiting)
+    assert record.retry_of == trial.number and record.folder == trial.number
+    assert waiting.system_attrs["fixed_params"] == trial.params
+    assert counted_trials(study.get_trials()) == (0, 0) and interrupted_numbers(study.get_trials()) == {0}
+    assert retry_interrupted(study) == []  # it has its retry already
+
+
+def test_each_process_seeds_its_own_sampler(tmp_path):
+    from rampsearch.search.study import open_study
+
+    space = load_space(ROOT / "tests" / "data" / "tiny_space.yaml")
+    _, first = open_study(space, tmp_path, "s", None)
+    _, again = open_study(space, tmp_path, "s", None)
+    assert first == again == space.search.seed  # the journal: one search command, reproducible on resume
+    _, worker = open_study(space, tmp_path, "s", None, seed=first + 3)
+    assert worker == first + 3  # a --workers process: the first's seed + its index
+    url = f"sqlite:///{tmp_path}/shared.db"
+    (creator, creator_seed), (_, joined_seed) = open_study(space, tmp_path, "s", url), open_study(space, tmp_path, "s", url)
+    assert creator_seed == space.search.seed and joined_seed != creator_seed  # another machine joining the study
+    assert len(creator.get_trials()) == 1  # the hand-set ramp, enqueued once
+
+
+@pytest.mark.parametrize("states, wanted, shared, expected", [
+    (["COMPLETE", "COMPLETE", "PRUNED"], 3, False, None),
+    (["COMPLETE", "COMPLETE", "FAIL"], 3, False, "1 trial(s) failed (trial 2: boom)"),
+    (["COMPLETE", "COMPLETE", "RUNNING"], 3, False, "trial(s) [2] did not finish; rerun the same command"),
+    (["COMPLETE", "COMPLETE", "RUNNING"], 3, True, None),  # another machine is training it
+    (["COMPLETE", "COMPLETE"], 3, False, "only 2 of 3 trials finished"),
+    (["FAIL", "COMPLETE", "COMPLETE"], 2, False, "the hand-set baseline did not complete"),
+])
+def test_a_search_that_falls_short_says_why(states, wanted, shared, expected):
+    from rampsearch.search import _shortfall
+
+    study = optuna.create_study(direction="maximize")
+    for number, state in enumerate(states):
+        trial = study.ask()
+        TrialRecord(handset=number == 0, reason="boom" if state == "FAIL" else None).save(trial.set_user_attr)
+        if state != "RUNNING":
+            study.tell(trial, 50.0 if state == "COMPLETE" else None, state=TrialState[state])
+    problem = _shortfall(study.get_trials(), wanted, shared)
+    assert problem == expected if expected is None else expected in problem

@@ -6,7 +6,7 @@ import argparse
 from ..config import parse_set
 from ..report import build_report
 from ..retrain import run_retrain
-from ..search import run_search
+from ..search import SearchShortfall, run_search
 from .common import logger
 from .report import print_outcome
 from .retrain import add_retrain_args
@@ -28,8 +28,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     options, run_dir = options_from_args(args)
     log = logger(args)
-    run_search(args.space, run_dir, options, args.backend, show_progress=not args.quiet and not args.json, log=log)
+    shortfall = None
+    try:
+        run_search(args.space, run_dir, options, args.backend, show_progress=not args.quiet and not args.json,
+                   log=log)
+    except SearchShortfall as exc:
+        standing = exc.outcome.standing
+        if standing.best is None or standing.handset is None:
+            raise
+        shortfall = exc  # a best and a baseline to retrain: go on, and exit non-zero at the end
+        log(f"warning: {exc}; retraining what it found")
     run_retrain(run_dir, args.top, args.seeds, args.recipe, args.epochs, args.baselines, args.device,
                 options.storage, parse_set(args.overrides), args.keep_checkpoints, log=log)
     print_outcome(build_report(run_dir, args.report_out, options.storage, log=log), args.json)
+    if shortfall:
+        raise shortfall
     return 0

@@ -5,9 +5,9 @@ import argparse
 from pathlib import Path
 
 from ..config import parse_set
-from ..search import SearchOptions, run_search
+from ..search import SearchOptions, SearchOutcome, SearchShortfall, run_search
+from ..search.rdb import check_storage_url
 from ..search.space import load_space
-from ..search.study import check_storage_url
 from .common import (add_device_arg, add_keep_checkpoints_arg, add_output_args, add_set_arg, logger, positive_int,
                      print_json)
 
@@ -71,12 +71,21 @@ def options_from_args(args: argparse.Namespace) -> tuple[SearchOptions, Path]:
 
 def run(args: argparse.Namespace) -> int:
     options, run_dir = options_from_args(args)
-    outcome = run_search(args.space, run_dir, options, args.backend,
-                         show_progress=not args.quiet and not args.json, log=logger(args))
+    try:
+        outcome = run_search(args.space, run_dir, options, args.backend,
+                             show_progress=not args.quiet and not args.json, log=logger(args))
+    except SearchShortfall as exc:  # the summary of what it did reach, then the one line of why not
+        _print_summary(exc.outcome, run_dir, args.json)
+        raise
+    _print_summary(outcome, run_dir, args.json)
+    return 0
+
+
+def _print_summary(outcome: SearchOutcome, run_dir: Path, as_json: bool) -> None:
     summary = outcome.summary()
-    if args.json:
+    if as_json:
         print_json(summary)
-        return 0
+        return
     c = summary["counts"]
     print(f"{c['done']} complete, {c['pruned']} pruned, {c['failed']} failed, {c['over_budget']} over budget "
           f"in {summary['seconds']:.0f}s; study '{summary['study']}' in {run_dir}")
@@ -89,4 +98,3 @@ def run(args: argparse.Namespace) -> int:
     if summary["note"]:
         print(f"note: {summary['note']}")
     print(f"trials: {outcome.paths['csv']}")
-    return 0

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import optuna
+from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import RunFailed, UserError, ensure_directory
 from ..redact import redact, redact_command
@@ -29,7 +30,7 @@ from .progress import Progress, counts
 from .record import FAILED, INTERRUPTED, TrialRecord
 from .results import Standing, standing, write_outputs
 from .space import SearchSpace, check_budget, load_space
-from .study import search_metadata
+from .study import interrupted_numbers, search_metadata
 from .trial import candidate_spec, train_config
 
 BACKENDS = {"optuna": "rampsearch.search.optuna_backend", "ray": "rampsearch.search.ray_backend"}
@@ -97,23 +98,65 @@ def preflight(space: SearchSpace, options: SearchOptions) -> None:
     check_training(train_config(space, candidate_spec(space, space.handset()), None, options.device))
 
 
-def _failure(study: optuna.Study) -> str:
+class SearchShortfall(RunFailed):
+    """The search ran but did not reach its goal; its outputs are written and `outcome` describes them."""
+
+    def __init__(self, message: str, outcome: "SearchOutcome") -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+def _failure(trials: list[FrozenTrial]) -> str:
     """Why a search completed no trial, from its trials' records."""
-    records = [TrialRecord.of(t) for t in study.get_trials(deepcopy=False)]
+    records = [TrialRecord.of(t) for t in trials]
     reasons = [r.reason for r in records if r.status in (FAILED, INTERRUPTED) and r.reason]
-    over = sum(r.over_budget for r in records)
+    rejected = sum(r.rejected for r in records)
     if reasons:
         return f"no trial completed; {len(reasons)} failed, the first with: {redact(reasons[0])}"
-    if over:
-        return f"no trial completed: the sampler proposed {over} over-budget candidates; loosen the budget"
+    if rejected:
+        return (f"no trial completed: the sampler proposed {rejected} candidates that were over budget or already "
+                "trained; loosen the budget")
     return "no trial completed (every trained trial was pruned); lower the pruner's aggressiveness or add trials"
+
+
+def _shortfall(trials: list[FrozenTrial], wanted: int, shared: bool) -> str | None:
+    """Why the search fell short of its goal, or None if it reached it.
+
+    The goal: `wanted` trials trained to a verdict (complete, or pruned by the pruner), none failed,
+    none left unfinished by this process, and the hand-set baseline complete. In a study shared
+    through a database (`shared`), trials other processes are still training count as theirs.
+    """
+    interrupted = interrupted_numbers(trials)
+    records = {t.number: TrialRecord.of(t) for t in trials}
+    trained = [t for t in trials if not records[t.number].rejected]
+    finished = [t for t in trained if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    failed = [t for t in trained if t.state == TrialState.FAIL and t.number not in interrupted]
+    running = [t.number for t in trained if t.state == TrialState.RUNNING]
+    unfinished = [] if shared else running
+    handset = [t for t in trained if records[t.number].handset]
+    problems = []
+    if failed:
+        first = failed[0]
+        problems.append(f"{len(failed)} trial(s) failed (trial {first.number}: "
+                        f"{redact(records[first.number].reason or 'no reason recorded')})")
+    if unfinished:
+        problems.append(f"trial(s) {unfinished} did not finish; rerun the same command to resume them from their "
+                        "checkpoints")
+    elif len(finished) + len(running) < wanted:
+        problems.append(f"only {len(finished)} of {wanted} trials finished"
+                        + ("; the sampler kept proposing candidates over budget or already trained"
+                           if any(r.rejected for r in records.values()) else ""))
+    if not any(t.state == TrialState.COMPLETE or t.number in running for t in handset):
+        problems.append("the hand-set baseline did not complete, so nothing can be judged against it")
+    return "; ".join(problems) or None
 
 
 def run_search(space_file: str | Path, run_dir: str | Path, options: SearchOptions, backend: str = "optuna",
                show_progress: bool = True, log: Callable[[str], None] = print) -> SearchOutcome:
     """Validate the space, its budget and what every trial needs; run (or resume) the search; write its files.
 
-    Raises UserError (bad input, before anything trains) or RunFailed (no trial completed).
+    Raises UserError (bad input, before anything trains), RunFailed (no trial completed) or
+    SearchShortfall (the search fell short of its goal; its outputs are written first).
     """
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; choose one of {sorted(BACKENDS)}")
@@ -141,11 +184,16 @@ def run_search(space_file: str | Path, run_dir: str | Path, options: SearchOptio
     meta = json.loads(meta_file.read_text())
     meta["seconds"] = round(meta.get("seconds", 0) + time.perf_counter() - start, 1)  # summed over resumes
     meta_file.write_text(json.dumps(meta, indent=2))
-    outcome = SearchOutcome(run_dir, study, paths, counts(study.get_trials(deepcopy=False)), (low, high),
-                            time.perf_counter() - start, standing(study))
+    trials = study.get_trials(deepcopy=False)
+    outcome = SearchOutcome(run_dir, study, paths, counts(trials), (low, high), time.perf_counter() - start,
+                            standing(study))
     if outcome.counts["done"] == 0:
-        raise RunFailed(f"search {run_dir}: {_failure(study)} (trials.csv has every trial's reason)")
+        raise RunFailed(f"search {run_dir}: {_failure(trials)} (trials.csv has every trial's reason)")
+    shortfall = _shortfall(trials, options.trials, shared=bool(options.storage))
+    if shortfall:
+        raise SearchShortfall(f"search {run_dir} fell short: {shortfall} (trials.csv has every trial's "
+                              "record; the results so far are written)", outcome)
     return outcome
 
 
-__all__ = ["BACKENDS", "SearchOptions", "SearchOutcome", "SearchSpace", "load_space", "preflight", "run_search"]
+__all__ = ["BACKENDS", "SearchOptions", "SearchOutcome", "SearchShortfall", "SearchSpace", "load_space", "preflight", "run_search"]

@@ -2,8 +2,11 @@
 
 Each worker repeats `study.optimize(n_trials=1)` until the study holds `trials` trials that count
 (rampsearch.search.study.counted_trials), so the count is shared by all workers, and neither
-over-budget candidates (rejected before training) nor interrupted trials use it up. A trial stopped
-by Ctrl-C is marked interrupted and retried on the next run, resuming from its checkpoint.
+rejected candidates (over budget, or a duplicate of an earlier trial) nor interrupted trials use it
+up. Before each count a worker mends the study (`study.mend`): trials whose process died are
+marked interrupted and enqueued again, to resume from their checkpoints. A trial stopped by Ctrl-C
+is marked interrupted and retried on the next run. The hand-set ramp's trial is never pruned: it is
+the yardstick every other trial is judged against.
 """
 from __future__ import annotations
 
@@ -16,27 +19,35 @@ from typing import Any, Callable
 
 import optuna
 
+from ..errors import RunFailed, UserError
 from .options import SearchOptions
 from .progress import Progress, epoch_line
+from .rdb import DatabaseUnavailable
 from .record import FAILED, INTERRUPTED, PRUNED, TrialRecord
 from .space import SearchSpace, load_space
-from .study import (MAX_OVER_BUDGET_PER_TRIAL, counted_trials, fail_orphans, open_study, retry_interrupted,
+from .study import (MAX_OVER_BUDGET_PER_TRIAL, counted_trials, duplicate_of, mend, open_study,
                     worker_identity)
 from .trial import admitted, candidate_spec, run_trial, train_config
 
 # How often the parent of --workers processes refreshes its progress line.
 WORKER_POLL_S = 2.0
 
+HISTORY_METRICS = ("top1", "top5", "loss", "train_loss")  # per epoch, in each trial's record
 EpochLine = Callable[[int, int, dict[str, float]], None]  # (trial number, epoch, metrics)
 
 
-def make_objective(space: SearchSpace, run_dir: Path, options: SearchOptions,
+def make_objective(space: SearchSpace, run_dir: Path, options: SearchOptions, seed: int,
                    on_epoch: EpochLine | None = None) -> Callable[[optuna.Trial], Any]:
     def objective(trial: optuna.Trial) -> Any:
-        TrialRecord(worker=worker_identity()).save(trial.set_user_attr)
+        TrialRecord(worker=worker_identity(), sampler_seed=seed).save(trial.set_user_attr)
         candidate = space.suggest(trial)
         if not admitted(candidate):
             raise optuna.TrialPruned(candidate.describe_violation())
+        earlier = duplicate_of(trial.study, trial)
+        if earlier is not None:
+            record = TrialRecord.duplicate(earlier)
+            record.save(trial.set_user_attr)
+            raise optuna.TrialPruned(record.reason)
         given = TrialRecord.from_attrs(trial.user_attrs)
         # A retried trial trains in its original's folder, so training resumes from its checkpoint.
         folder_number = given.folder if given.folder is not None else trial.number
@@ -45,13 +56,13 @@ def make_objective(space: SearchSpace, run_dir: Path, options: SearchOptions,
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             nonlocal history
-            history = history.with_epoch(epoch, {k: metrics[k] for k in ("top1", "top5", "loss", "train_loss")})
+            history = history.with_epoch(epoch, {k: metrics[k] for k in HISTORY_METRICS})
             history.save(trial.set_user_attr)
             if on_epoch:
                 on_epoch(trial.number, epoch, metrics)
             if not space.multi_objective:
                 trial.report(metrics["top1"], epoch)
-                if trial.should_prune():
+                if not candidate.handset and trial.should_prune():
                     reason = f"pruned by the {space.search.pruner} pruner after epoch {epoch}/{space.proxy.epochs}"
                     TrialRecord(status=PRUNED, reason=reason).save(trial.set_user_attr)
                     raise optuna.TrialPruned(reason)
@@ -60,7 +71,7 @@ def make_objective(space: SearchSpace, run_dir: Path, options: SearchOptions,
                               options.device, overrides=None, keep_checkpoints=options.keep_checkpoints)
         try:
             result = run_trial(config, report)
-        except optuna.TrialPruned:
+        except (optuna.TrialPruned, RunFailed):  # RunFailed: the study's database is gone; nothing can be written
             raise
         except KeyboardInterrupt:  # Optuna marks the trial FAIL; the record says to retry it
             TrialRecord(status=INTERRUPTED, reason="interrupted (Ctrl-C)").save(trial.set_user_attr)
@@ -68,28 +79,39 @@ def make_objective(space: SearchSpace, run_dir: Path, options: SearchOptions,
         except Exception as exc:  # recorded with its reason; the search goes on
             TrialRecord(status=FAILED, reason=f"{type(exc).__name__}: {exc}"[:2000]).save(trial.set_user_attr)
             raise
-        TrialRecord(duration_s=result["seconds"]).save(trial.set_user_attr)
+        # the training's own per-epoch record: complete even when the trial resumed or its training
+        # had finished before (a retry whose original died after training, before telling Optuna)
+        rows = tuple({"epoch": row["epoch"], **{k: row[k] for k in HISTORY_METRICS}} for row in result["history"])
+        TrialRecord(duration_s=result["seconds"], history=rows).save(trial.set_user_attr)
         values = {"accuracy": result["top1"], "flops": candidate.flops / 1e9, "params": candidate.params / 1e6}
         return tuple(values[o] for o in space.objectives) if space.multi_objective else values["accuracy"]
 
     return objective
 
 
-def work(space: SearchSpace, run_dir: Path, options: SearchOptions, worker: int = 0,
+def work(space: SearchSpace, run_dir: Path, options: SearchOptions, study: optuna.Study, seed: int,
          on_trial: Callable[[optuna.Study], None] | None = None, on_epoch: EpochLine | None = None) -> None:
-    """Run trials until the study holds `options.trials` that count (shared by all workers)."""
+    """Run trials until the study holds `options.trials` that count (shared by all workers); `seed`
+    is the seed of the study's sampler, recorded on every trial."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's failure is in its record
-    study = open_study(space, run_dir, options.study, options.storage, worker)
-    objective = make_objective(space, run_dir, options, on_epoch)
+    objective = make_objective(space, run_dir, options, seed, on_epoch)
     while True:
-        active, infeasible = counted_trials(study.get_trials(deepcopy=False))
+        mend(study)
+        active, rejected = counted_trials(study.get_trials(deepcopy=False))
         if active >= options.trials:
             return
-        if infeasible > MAX_OVER_BUDGET_PER_TRIAL * options.trials:
+        if rejected > MAX_OVER_BUDGET_PER_TRIAL * options.trials:
             logging.getLogger(__name__).warning(
-                "stopping: the sampler proposed %d over-budget candidates; loosen the budget", infeasible)
+                "stopping: the sampler proposed %d candidates that were over budget or already trained; "
+                "loosen the budget or widen the space", rejected)
             return
-        study.optimize(objective, n_trials=1, catch=(Exception,))
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,))
+        except Exception as exc:  # Optuna, unable to record the trial's end, raises its own error over ours
+            unavailable = DatabaseUnavailable.behind(exc)
+            if unavailable is None:
+                raise
+            raise unavailable from None
         if on_trial:
             on_trial(study)
 
@@ -99,35 +121,37 @@ def _print_epoch(trial: int, epoch: int, metrics: dict[str, float]) -> None:
 
 
 def _work_in_process(space_file: str, overrides: dict[str, Any] | None, run_dir: str, options: SearchOptions,
-                     worker: int, threads: int, show_epochs: bool) -> None:
+                     worker: int, seed: int, threads: int, show_epochs: bool) -> None:
     import torch
 
     torch.set_num_threads(threads)
     try:
-        work(load_space(space_file, overrides), Path(run_dir), options, worker,
-             on_epoch=_print_epoch if show_epochs else None)
+        space = load_space(space_file, overrides)
+        study, seed = open_study(space, Path(run_dir), options.study, options.storage, seed)
+        work(space, Path(run_dir), options, study, seed, on_epoch=_print_epoch if show_epochs else None)
     except KeyboardInterrupt:
         sys.exit(130)  # the trial is marked interrupted; the parent says so once
+    except (RunFailed, UserError) as exc:  # one line, as the CLI prints it, not a traceback
+        print(f"error: worker {worker}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def run(space: SearchSpace, space_file: Path, run_dir: Path, options: SearchOptions,
         progress: Progress | None = None) -> optuna.Study:
-    """Run (or continue) the search; returns the study."""
-    study = open_study(space, run_dir, options.study, options.storage)
-    if not options.storage:
-        fail_orphans(study)
-    retried = retry_interrupted(study)
+    """Run (or continue) the search; returns the study. `--workers` process w samples with seed + w."""
+    study, seed = open_study(space, run_dir, options.study, options.storage)
+    retried = mend(study)
     if retried and progress:
         progress.note(f"retrying interrupted trial(s) {retried}")
     update = (lambda s: progress.update(s.get_trials(deepcopy=False))) if progress else None
     if options.workers <= 1:
-        work(space, run_dir, options, on_trial=update, on_epoch=progress.epoch if progress else None)
+        work(space, run_dir, options, study, seed, on_trial=update, on_epoch=progress.epoch if progress else None)
         return study
     threads = max(1, (os.cpu_count() or 1) // options.workers)
     context = multiprocessing.get_context("spawn")
     show_epochs = bool(progress and progress.enabled)
     processes = [context.Process(target=_work_in_process, args=(str(space_file), options.overrides, str(run_dir),
-                                                                 options, w, threads, show_epochs))
+                                                                 options, w, seed + w, threads, show_epochs))
                  for w in range(options.workers)]
     for p in processes:
         p.start()
@@ -143,5 +167,6 @@ def run(space: SearchSpace, space_file: Path, run_dir: Path, options: SearchOpti
         raise
     failed = [p.exitcode for p in processes if p.exitcode]
     if failed:
-        raise RuntimeError(f"{len(failed)} worker process(es) exited with status {failed}")
+        raise RunFailed(f"{len(failed)} of {options.workers} worker processes exited with status {failed} "
+                        "(their error is above); rerun the same command to resume the search")
     return study

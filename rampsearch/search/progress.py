@@ -11,11 +11,14 @@ from .record import TrialRecord
 
 def counts(trials: Iterable[FrozenTrial]) -> dict[str, int | float | None]:
     """Trial counts by outcome and the best accuracy (first objective) among complete trials."""
-    out: dict[str, int | float | None] = {"done": 0, "pruned": 0, "failed": 0, "over_budget": 0, "running": 0,
-                                          "best": None}
+    out: dict[str, int | float | None] = {"done": 0, "pruned": 0, "failed": 0, "over_budget": 0, "duplicate": 0,
+                                          "running": 0, "best": None}
     for t in trials:
-        if TrialRecord.of(t).over_budget:
+        record = TrialRecord.of(t)
+        if record.over_budget:
             out["over_budget"] += 1
+        elif record.rejected:
+            out["duplicate"] += 1
         elif t.state == TrialState.COMPLETE:
             out["done"] += 1
             value = t.values[0]

@@ -22,10 +22,11 @@ from optuna.trial import FrozenTrial
 SetAttr = Callable[[str, Any], None]
 
 OVER_BUDGET = "over_budget"  # rejected before training (PRUNED in Optuna)
+DUPLICATE = "duplicate"  # the same candidate as an earlier trial; rejected before training (PRUNED)
 PRUNED = "pruned"  # stopped early by a pruner or ASHA (PRUNED)
 FAILED = "failed"  # the training raised (FAIL)
 INTERRUPTED = "interrupted"  # Ctrl-C, a killed process or a lost node (FAIL); retried on the next run
-STATUSES = (OVER_BUDGET, PRUNED, FAILED, INTERRUPTED)
+STATUSES = (OVER_BUDGET, DUPLICATE, PRUNED, FAILED, INTERRUPTED)
 
 PROXY_TRAINING = "proxy-training"  # how a trial's value was measured: a short standalone training
 
@@ -47,6 +48,7 @@ class TrialRecord:
     retry_of: int | None = None  # number of the interrupted trial this one retries
     folder: int | None = None  # trials/NNNN the training writes to (a retry reuses its original's)
     worker: dict[str, Any] | None = None  # {"host", "pid"} of the process that ran it
+    sampler_seed: int | None = None  # the seed of the sampler that proposed it (each process has its own)
     duration_s: float | None = None  # training wall time, resumed sessions included
     ray_trial_id: str | None = None
 
@@ -70,6 +72,11 @@ class TrialRecord:
         values["history"] = tuple(values.get("history", ()))
         return cls(**values)
 
+    @classmethod
+    def duplicate(cls, earlier: int) -> "TrialRecord":
+        """The record of a candidate rejected because trial `earlier` trained (or trains) the same one."""
+        return cls(status=DUPLICATE, reason=f"the same candidate as trial {earlier}, never trained")
+
     def with_epoch(self, epoch: int, metrics: Mapping[str, float]) -> "TrialRecord":
         """This record with one more epoch in its history (an epoch seen before replaces its row)."""
         rows = [row for row in self.history if row["epoch"] != epoch]
@@ -82,6 +89,11 @@ class TrialRecord:
     @property
     def interrupted(self) -> bool:
         return self.status == INTERRUPTED
+
+    @property
+    def rejected(self) -> bool:
+        """Rejected before training (over budget or a duplicate): never trained, never counted."""
+        return self.status in (OVER_BUDGET, DUPLICATE)
 
 
 def _legacy(attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -107,4 +119,4 @@ def _to_json(value: Any) -> Any:
     return value
 
 
-__all__ = ["FAILED", "INTERRUPTED", "OVER_BUDGET", "PROXY_TRAINING", "PRUNED", "STATUSES", "TrialRecord"]
+__all__ = ["DUPLICATE", "FAILED", "INTERRUPTED", "OVER_BUDGET", "PROXY_TRAINING", "PRUNED", "STATUSES", "TrialRecord"]

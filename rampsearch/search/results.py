@@ -6,6 +6,7 @@ in the search, best.yaml and the summary say so instead of presenting the runner
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,9 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..architecture import Architecture
 from ..ramp import RampSchedule
-from .record import TrialRecord
+from .record import DUPLICATE, INTERRUPTED, TrialRecord
 from .space import SearchSpace
+from .study import interrupted_numbers
 
 METRICS = ("top1", "top5", "loss", "train_loss")
 
@@ -32,14 +34,23 @@ def _duration(t: FrozenTrial, record: TrialRecord) -> float | None:
     return None
 
 
+# An RDB trial failed by heartbeats cannot be written any more; its retry says it was interrupted.
+SILENT_WORKER = "interrupted (its process stopped sending heartbeats)"
+
+
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial, in trial-number order."""
     rows = []
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+    trials = study.get_trials(deepcopy=False)
+    interrupted = interrupted_numbers(trials)
+    for t in sorted(trials, key=lambda t: t.number):
         record = TrialRecord.of(t)
+        if t.number in interrupted and record.status is None:
+            record = dataclasses.replace(record, status=INTERRUPTED, reason=SILENT_WORKER)
         row: dict[str, Any] = {
             "number": t.number,
-            "state": "OVER_BUDGET" if record.over_budget else t.state.name,
+            "state": "OVER_BUDGET" if record.over_budget else "DUPLICATE" if record.status == DUPLICATE
+            else t.state.name,
             "value": t.values[0] if t.values else None,
             "flops": record.flops, "params": record.params,
             "ramp": json.dumps(list(record.ramp)) if record.ramp is not None else None,

@@ -5,8 +5,10 @@ directory (`study.journal`, safe for several processes on one machine) or an RDB
 (`postgresql://...`, `sqlite:///...`) shared by machines. The backends, retraining and the report
 depend on this module, never on each other.
 
-The only Optuna private members rampsearch touches are behind `_write_attrs` (writing a record on
-a trial some other process left RUNNING); tests/test_study.py pins it to the installed Optuna.
+Optuna private members are touched in two places only, each pinned to the installed Optuna by a
+test: `_write_attrs` here (writing a record on a trial some other process left RUNNING;
+tests/test_study.py) and rampsearch.search.rdb's outage-tolerant storage (the storage calls Optuna
+makes; tests/test_faults_rdb.py).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import json
 import os
 import random
 import socket
-import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import UserError
 from ..redact import redact
+from .journal import check_journal
+from .rdb import open_rdb
 from .record import INTERRUPTED, TrialRecord
 from .space import SearchSpace, load_space
 
@@ -31,13 +35,7 @@ JOURNAL = "study.journal"
 # asked for (the embedded backend counts them in all, Ray's in a row): the sampler is stuck in an
 # over-budget region and the budget or the space needs loosening.
 MAX_OVER_BUDGET_PER_TRIAL = 50
-
-# RDB schemes and the driver each needs (named in the error when it is missing).
-RDB_DRIVERS = {"postgresql": "psycopg[binary]", "mysql": "PyMySQL", "sqlite": None}
-RDB_OPEN_ATTEMPTS = 5  # processes started together race to create the schema; the losers retry
-HEARTBEAT_INTERVAL_S = 30  # RDB: a running trial's process says it is alive this often ...
-HEARTBEAT_GRACE_S = 120  # ... and after this long without a word its trial is failed and retried
-HEARTBEAT_MAX_RETRY = 2  # how often a trial whose process died is retried through heartbeats
+SHARED_SEED_RANGE = 2**31  # a random seed offset for a process joining an RDB study (see open_study)
 
 # Samplers: the first trials are drawn at random (TPE, GP) or form the first generation (NSGA-II).
 # A third of the trial budget, within these bounds: fewer gives the model nothing to learn from,
@@ -56,9 +54,10 @@ def _share(trials: int, bounds: tuple[int, int]) -> int:
     return min(high, max(low, int(trials * STARTUP_SHARE)))
 
 
-def make_sampler(space: SearchSpace, worker: int = 0) -> optuna.samplers.BaseSampler:
-    """The space's sampler, seeded with search.seed + worker (workers must not draw the same points)."""
-    name, seed, trials = space.search.sampler, space.search.seed + worker, space.search.trials
+def make_sampler(space: SearchSpace, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The space's sampler, seeded with `seed` (default: search.seed)."""
+    name, trials = space.search.sampler, space.search.trials
+    seed = space.search.seed if seed is None else seed
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=_share(trials, STARTUP_TRIALS))
     if name == "nsga2":
@@ -81,65 +80,42 @@ def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
 
 # -- storage ----------------------------------------------------------------------------------------
 
-def check_storage_url(url: str) -> None:
-    """Refuse an unsupported scheme or a missing driver, naming what would work."""
-    scheme, sep, _ = url.partition("://")
-    dialect, _, driver = scheme.partition("+")
-    if not sep or dialect not in RDB_DRIVERS:
-        raise UserError(f"--storage {redact(url)}: unsupported storage; expected a URL of "
-                        f"{', '.join(f'{s}://' for s in RDB_DRIVERS)} (e.g. postgresql://user:password@host:5432/db), "
-                        "or leave --storage out for a journal file in the run directory")
-    from sqlalchemy import create_engine
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    try:
-        create_engine(url).dispose()  # loads the dialect and its driver; connects to nothing
-    except NoSuchModuleError:
-        raise UserError(f"--storage {redact(url)}: SQLAlchemy has no dialect {scheme!r}") from None
-    except ArgumentError as exc:
-        raise UserError(f"--storage {redact(url)}: not a valid database URL ({redact(str(exc))})") from None
-    except ImportError as exc:
-        package = RDB_DRIVERS[dialect] if not driver else driver
-        raise UserError(f"--storage {redact(url)}: its database driver is not installed ({exc.name}); "
-                        f"install it with `pip install '{package}'`") from None
-
-
 def open_storage(run_dir: Path, url: str | None) -> optuna.storages.BaseStorage:
     """The study's storage: `url` (an RDB), or the run directory's journal file."""
     if url:
-        return _open_rdb(url)
+        return open_rdb(url, _retry_stale)
     path = run_dir / JOURNAL
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
-        str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path))))
-
-
-def _open_rdb(url: str) -> optuna.storages.RDBStorage:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    check_storage_url(url)
-    for attempt in range(RDB_OPEN_ATTEMPTS):
-        try:
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=HEARTBEAT_GRACE_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=HEARTBEAT_MAX_RETRY))
-        except SQLAlchemyError as exc:
-            error = exc
-            time.sleep(0.5 + random.random() * (attempt + 1))
-    first_line = redact(str(error).splitlines()[0] if str(error) else "")
-    raise UserError(f"cannot use the storage {redact(url)}: {type(error).__name__}: {first_line}")
+    lock = optuna.storages.journal.JournalFileOpenLock(str(path))
+    check_journal(path, lock)  # a torn last record is set aside; other damage stops, naming the line
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path), lock_obj=lock))
 
 
 # -- studies and runs -------------------------------------------------------------------------------
 
 def open_study(space: SearchSpace, run_dir: Path, study_name: str, storage_url: str | None,
-               worker: int = 0) -> optuna.Study:
-    """Create or load the study; the first process to create it enqueues the hand-set ramp."""
-    study = optuna.create_study(study_name=study_name, storage=open_storage(run_dir, storage_url),
-                                directions=space.directions, sampler=make_sampler(space, worker),
-                                pruner=make_pruner(space), load_if_exists=True)
+               seed: int | None = None) -> tuple[optuna.Study, int]:
+    """(study, its sampler's seed): create or load the study; the process that creates it enqueues
+    the hand-set ramp.
+
+    The sampler's seed is `seed` if given (`--workers` process w: the first process's seed + w),
+    else search.seed for the study's first process, so a search is reproducible. A process that
+    joins a study in a database from another machine cannot know the other processes' seeds, so it
+    adds a random offset (a run directory's journal only ever has one search command and its
+    workers, so it keeps search.seed however often it is resumed). Different seeds make equal
+    proposals unlikely; `duplicate_of` makes training one twice impossible.
+    """
+    storage = open_storage(run_dir, storage_url)
+    try:
+        study = optuna.create_study(study_name=study_name, storage=storage, directions=space.directions)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study, created = optuna.load_study(study_name=study_name, storage=storage), False
+    if seed is None:
+        joined = storage_url is not None and not created
+        seed = space.search.seed + (random.SystemRandom().randrange(1, SHARED_SEED_RANGE) if joined else 0)
+    study.sampler, study.pruner = make_sampler(space, seed), make_pruner(space)
     study.enqueue_trial(space.handset_params(), skip_if_exists=True)
-    return study
+    return study, seed
 
 
 def search_metadata(run_dir: Path) -> dict[str, Any]:
@@ -178,49 +154,98 @@ def fail_trial(study: optuna.Study, trial: FrozenTrial, record: TrialRecord) -> 
 
 
 def retry_interrupted(study: optuna.Study) -> list[int]:
-    """Enqueue a retry of every interrupted trial that has none yet; returns their numbers.
-
-    A retry has the same params and trains in its original's folder, so its training resumes from
-    the original's last checkpoint.
-    """
+    """Enqueue a retry of every interrupted trial that has none yet; returns their numbers."""
     trials = study.get_trials(deepcopy=False)
-    retried = {TrialRecord.of(t).retry_of for t in trials} | _heartbeat_retried(trials)
-    out = []
+    retried, out = _retried(trials), []
     for trial in trials:
-        record = TrialRecord.of(trial)
-        if trial.state == TrialState.FAIL and record.interrupted and trial.number not in retried:
-            retry = TrialRecord(retry_of=trial.number,
-                                folder=record.folder if record.folder is not None else trial.number)
-            attrs: dict[str, Any] = {}
-            retry.save(attrs.__setitem__)
-            study.enqueue_trial(trial.params, user_attrs=attrs)
+        if trial.state == TrialState.FAIL and TrialRecord.of(trial).interrupted and trial.number not in retried:
+            _enqueue_retry(study, trial)
             out.append(trial.number)
     return out
 
 
+def _enqueue_retry(study: optuna.Study, trial: FrozenTrial) -> None:
+    """Enqueue `trial` again: the same params, training in its original's folder, so the training
+    resumes from the original's last good checkpoint (a retry of a retry keeps the first folder)."""
+    record = TrialRecord.of(trial)
+    retry = TrialRecord(retry_of=trial.number, folder=record.folder if record.folder is not None else trial.number)
+    attrs: dict[str, Any] = {}
+    retry.save(attrs.__setitem__)
+    study.enqueue_trial(trial.params, user_attrs=attrs)
+
+
+def _retry_stale(study: optuna.Study, trial: FrozenTrial) -> None:
+    """RDB heartbeat callback: a trial whose process fell silent was failed (by the one process that
+    won the race to fail it); it is retried in its folder. Its record cannot be written any more (a
+    finished trial is read-only), so its retry's `retry_of` is what says it was interrupted."""
+    _enqueue_retry(study, trial)
+
+
 def counted_trials(trials: list[FrozenTrial]) -> tuple[int, int]:
-    """(trials that count towards --trials, over-budget candidates rejected before training).
+    """(trials that count towards --trials, candidates rejected before training).
 
     A trial counts when it trained or is training. An interrupted trial never counts (its retry
-    does, once it starts), nor does a trial an RDB heartbeat failed and retried. Over-budget
+    does, once it starts), nor does any trial that has a retry. Over-budget and duplicate
     candidates never trained, so they do not count.
     """
-    retried = _heartbeat_retried(trials)
-    active = infeasible = 0
+    retried = _retried(trials)
+    active = rejected = 0
     for t in trials:
         record = TrialRecord.of(t)
-        if record.over_budget:
-            infeasible += 1
+        if record.rejected:
+            rejected += 1
         elif t.state != TrialState.WAITING and not (
                 t.state == TrialState.FAIL and (record.interrupted or t.number in retried)):
             active += 1
-    return active, infeasible
+    return active, rejected
 
 
-def _heartbeat_retried(trials: list[FrozenTrial]) -> set[int]:
-    """Numbers of trials an RDB heartbeat failed and enqueued again (RetryHeartbeatStaleTrialCallback
-    marks each retry with its original's number; its own accessor for it is experimental and warns)."""
-    return {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
+def interrupted_numbers(trials: list[FrozenTrial]) -> set[int]:
+    """Trials interrupted by a fault: marked so, or failed by an RDB heartbeat and retried."""
+    retried = _retried(trials)
+    return {t.number for t in trials if t.state == TrialState.FAIL
+            and (TrialRecord.of(t).interrupted or t.number in retried)}
+
+
+def _retried(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of trials that have a retry: rampsearch's (`retry_of`), or one enqueued by Optuna's
+    own RetryHeartbeatStaleTrialCallback in studies of rampsearch 0.1 (`failed_trial`; Optuna's
+    accessor for it is experimental and warns)."""
+    return ({TrialRecord.of(t).retry_of for t in trials} - {None}) | {
+        t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
+
+
+def duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
+    """The number of an earlier trial that trained, trains or will retry the same candidate, if any.
+
+    A candidate is its architecture and its ramp as built (different sampler params can snap to the
+    same valid ramp). Only the later of two equal proposals is rejected, so two processes proposing
+    the same candidate at once train it exactly once. A retry is never a duplicate of its original.
+    """
+    record = TrialRecord.from_attrs(trial.user_attrs)
+    if record.retry_of is not None:
+        return None
+    for earlier in study.get_trials(deepcopy=False):
+        other = TrialRecord.of(earlier)
+        if (earlier.number < trial.number and (other.architecture, other.ramp) == (record.architecture, record.ramp)
+                and earlier.state != TrialState.WAITING and not other.rejected):
+            return earlier.number
+    return None
+
+
+def mend(study: optuna.Study) -> list[int]:
+    """Make the study true before anything counts it; returns the numbers of trials retried now.
+
+    Trials whose process died are failed as interrupted: through RDB heartbeats (any machine, after
+    the grace period) and, at once, by a dead worker pid on this machine (the journal has no
+    heartbeats). Each is then enqueued again to resume in its folder. Every process does this when
+    it starts and before it counts trials.
+    """
+    with warnings.catch_warnings():  # Optuna has marked it experimental since 2.9 (2021) without a change
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # nothing to do on the journal
+    fail_orphans(study)
+    return retry_interrupted(study)
 
 
 def worker_identity() -> dict[str, Any]:
@@ -238,16 +263,15 @@ def _pid_alive(pid: int) -> bool:
 
 
 def fail_orphans(study: optuna.Study, reason: str = "interrupted (its worker process died)") -> list[int]:
-    """Mark RUNNING trials whose worker process on this host is dead as interrupted; returns their numbers.
-
-    RDB storages do this through heartbeats; the journal file has none, so a trial left RUNNING by
-    a killed process on this host is recognised by its worker's pid.
-    """
+    """Mark RUNNING trials whose worker process on this host is dead as interrupted; returns their numbers."""
     host, found = socket.gethostname(), []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = TrialRecord.of(trial).worker or {}
         if worker.get("host") == host and not _pid_alive(worker.get("pid", -1)):
-            fail_trial(study, trial, TrialRecord(status=INTERRUPTED, reason=reason))
+            try:
+                fail_trial(study, trial, TrialRecord(status=INTERRUPTED, reason=reason))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another process of a shared study failed it first
             found.append(trial.number)
     return found
 
