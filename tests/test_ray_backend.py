@@ -18,16 +18,14 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from rampsearch.search import ray_backend  # before ray: it decides Ray's auth mode, which Ray reads on import
-
 import ray
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 from rampsearch.checkpoint import POINTER, save_checkpoint
 from rampsearch.errors import UserError
-from rampsearch.search import SearchOptions, run_search
+from rampsearch.search import SearchOptions, ray_backend, run_search
 from rampsearch.search.progress import Progress
-from rampsearch.search.record import FAILED, OVER_BUDGET, PRUNED, TrialRecord
+from rampsearch.search.record import DUPLICATE, FAILED, OVER_BUDGET, PRUNED, TrialRecord
 from rampsearch.search.space import load_space
 from rampsearch.search.study import open_storage, trial_by_number
 
@@ -42,7 +40,8 @@ RAY_VERSION = "2.60.0"  # the Ray whose OptunaSearch internals ray_backend's pri
 def _searcher(max_epochs: int = 2, seed: int = 0) -> ray_backend.RampOptunaSearch:
     space = load_space(TINY)
     return ray_backend.RampOptunaSearch(space=ray_backend.DefineByRun(space), metric="top1", mode="max",
-                                        sampler=optuna.samplers.RandomSampler(seed=seed), max_epochs=max_epochs)
+                                        sampler=optuna.samplers.RandomSampler(seed=seed), max_epochs=max_epochs,
+                                        sampler_seed=seed)
 
 
 def _state(searcher, number: int) -> TrialState:
@@ -51,7 +50,8 @@ def _state(searcher, number: int) -> TrialState:
 
 def test_optuna_search_internals_match_the_installed_ray():
     """ray_backend reaches into OptunaSearch's `_ot_study`, `_ot_trials` and `_completed_trials`:
-    a Ray upgrade must fail here, not in a search."""
+    a Ray upgrade must fail here, not in a search. (Its use of Ray's authentication internals is
+    run against real clusters in tests/test_faults_ray.py.)"""
     assert ray.__version__ == RAY_VERSION, "check ray_backend's OptunaSearch section against the new Ray, then update"
     searcher = _searcher()
     assert isinstance(ray_backend._optuna_study(searcher), optuna.Study)
@@ -78,6 +78,9 @@ def test_optuna_search_internals_match_the_installed_ray():
     OptunaSearch.on_trial_complete(searcher, "c", {"top1": 1.0})
     assert _state(searcher, ray_backend._optuna_trial(searcher, "c").number) == TrialState.RUNNING
 
+    OptunaSearch.suggest(searcher, "d")
+    assert ray_backend._unfinished(searcher) == [ray_backend._optuna_trial(searcher, "d")]  # not b, nor c
+
 
 def test_suggest_rejects_over_budget_candidates_with_their_record():
     searcher = _searcher()
@@ -93,6 +96,19 @@ def test_suggest_rejects_over_budget_candidates_with_their_record():
         record = TrialRecord.of(trial)
         assert config["admitted"] and trial.state == TrialState.RUNNING
         assert record.folder == config["number"] and record.ray_trial_id == tune_id and record.status is None
+
+
+def test_suggest_rejects_a_candidate_trained_before_as_a_duplicate():
+    searcher = _searcher()
+    space, study = load_space(TINY), ray_backend._optuna_study(searcher)
+    for _ in range(2):
+        study.enqueue_trial(space.handset_params())  # proposed twice
+    first, second = searcher.suggest("first"), searcher.suggest("second")
+    assert first["handset"] and not second["handset"]
+    duplicates = {t.number: t for t in study.get_trials() if TrialRecord.of(t).status == DUPLICATE}
+    assert all(t.state == TrialState.PRUNED for t in duplicates.values())
+    again = duplicates[first["number"] + 1]  # the second proposal of the hand-set ramp
+    assert TrialRecord.of(again).reason == f"the same candidate as trial {first['number']}, never trained"
 
 
 def test_searcher_records_asha_stops_completions_and_leaves_errors_to_the_callback():
@@ -247,7 +263,7 @@ def faulty_search(tmp_path_factory) -> tuple[Path, str]:
 
 def _trials(run_dir: Path) -> list[optuna.trial.FrozenTrial]:
     study = optuna.load_study(study_name="tiny", storage=open_storage(run_dir, None))
-    return [t for t in study.get_trials() if not TrialRecord.of(t).over_budget]
+    return [t for t in study.get_trials() if not TrialRecord.of(t).rejected]  # over budget or a duplicate
 
 
 @pytest.mark.slow

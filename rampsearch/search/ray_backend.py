@@ -2,9 +2,12 @@
 
 Optuna still samples (Ray's OptunaSearch, define-by-run, the same space and constraints as the
 embedded backend) and every trial lives in the run directory's journal-file study, so the outputs
-are the same. ASHA stops weak trials early; `--gpus-per-trial 0.25` packs four trials on one GPU.
-`RampOptunaSearch` fixes what OptunaSearch gets wrong for us: over-budget candidates are rejected
-in `suggest` (recorded with status over_budget, never scheduled, as in the embedded backend);
+are the same. Tune stops trials early (ASHA) only where the embedded backend prunes: with the median
+or Hyperband pruner, not with `pruner: none` nor with several objectives; and never the hand-set
+ramp, the yardstick. `--gpus-per-trial 0.25` packs four trials on one GPU.
+`RampOptunaSearch` fixes what OptunaSearch gets wrong for us: over-budget candidates and repeats of
+earlier ones are rejected in `suggest` (recorded with status over_budget or duplicate, never
+scheduled, as in the embedded backend);
 ASHA-stopped trials are PRUNED, not COMPLETE full-fidelity results; errored trials are FAIL with
 their error as the reason (written by `StudyCallback`, which sees the error), even if they
 reported some epochs.
@@ -20,7 +23,8 @@ What is guaranteed about failures:
   from its latest checkpoint: the retry puts Tune's checkpoint into the trial's training folder
   (`RUN_DIR/trials/NNNN`, NNNN the Optuna trial number) when that folder is missing or at another
   epoch, so training resumes after the last epoch Tune received, on any node, and reports only
-  the epochs it trains: Tune's epoch counter (training_iteration) always equals training's epoch.
+  the epochs it trains: Tune's epoch counter (training_iteration), which ASHA judges by, always
+  equals training's epoch.
 - Multi-node: the package must be installed on every node, and Tune's storage path
   (`RUN_DIR/ray`) must be on storage every node reaches (e.g. NFS), since each worker writes its
   trial's checkpoints there (Ray refuses to persist a checkpoint from a node that cannot see it).
@@ -29,9 +33,18 @@ What is guaranteed about failures:
 - When a trial ends (completed, stopped by ASHA, or failed MAX_FAILURES + 1 times), its checkpoint
   in Tune's storage is deleted unless `--keep-checkpoints`, as training deletes its own when it
   completes. A failed trial stays failed: resuming the search does not run it again.
-- Not yet: a search stopped with Ctrl-C marks its running trials interrupted; resuming it lets
-  Tune continue them from their checkpoints, but their results are no longer recorded (the
-  embedded backend retries such trials instead).
+- A stopped driver (Ctrl-C, or killed) loses nothing that Tune saved: Tune saves its experiment
+  (its trials, their checkpoints, and this searcher with its Optuna trials and sampler) after every
+  trial checkpoint and otherwise every ten seconds or so, and rerunning the command restores it
+  (Tuner.restore). Ctrl-C leaves the unfinished Optuna trials RUNNING, with a reason saying the
+  rerun resumes them, and `run` raises KeyboardInterrupt. The rerun resumes each in its own Optuna
+  trial from its last checkpoint, so its epochs are recorded once and it counts once towards
+  --trials; a completed trial is never trained or written again. A trial that Tune's last saved
+  state does not know (suggested after it, then killed: no epoch of it had reached Tune) is marked
+  interrupted, does not count, and is retried from its first epoch.
+- Limits of a restore: rerunning with a different --trials does not change the experiment's
+  number of trials, and ASHA's rungs start empty (Tune does not save its scheduler), so ASHA
+  judges the resumed and later trials only against the results reported since.
 """
 from __future__ import annotations
 
@@ -39,45 +52,33 @@ import contextlib
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import optuna
+import ray
 from optuna.trial import TrialState
+from ray import tune
+from ray.exceptions import AuthenticationError
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+from ray.tune.search.optuna import OptunaSearch
 
-
-def _use_cluster_token() -> None:
-    """Send the cluster's auth token when this machine has one (`ray start` writes ~/.ray/auth_token).
-
-    Ray means to do this itself but skips it when joining an explicit address, and it reads
-    RAY_AUTH_MODE when imported, so this runs before `import ray`.
-    """
-    token = Path.home() / ".ray" / "auth_token"
-    if "RAY_AUTH_MODE" not in os.environ and "RAY_AUTH_TOKEN" not in os.environ and token.exists():
-        os.environ["RAY_AUTH_MODE"] = "token"
-
-
-_use_cluster_token()
-import ray  # noqa: E402
-from ray import tune  # noqa: E402
-from ray.tune.experiment import Trial  # noqa: E402
-from ray.tune.schedulers import ASHAScheduler  # noqa: E402
-from ray.tune.search import Searcher  # noqa: E402
-from ray.tune.search.optuna import OptunaSearch  # noqa: E402
-
-from ..architecture import Architecture  # noqa: E402
-from ..checkpoint import POINTER, drop_checkpoint, read_json  # noqa: E402
-from ..errors import UserError  # noqa: E402
-from ..ramp import RampSchedule  # noqa: E402
-from .options import SearchOptions  # noqa: E402
-from .progress import Progress  # noqa: E402
-from .record import FAILED, INTERRUPTED, PRUNED, TrialRecord  # noqa: E402
-from .space import SearchSpace  # noqa: E402
-from .study import (MAX_OVER_BUDGET_PER_TRIAL, fail_trial, make_sampler, open_storage, open_study,  # noqa: E402
-                    trial_by_number)
-from .trial import admitted, candidate_spec, run_trial, train_config  # noqa: E402
+from ..architecture import Architecture
+from ..checkpoint import POINTER, drop_checkpoint, read_json
+from ..errors import UserError
+from ..ramp import RampSchedule
+from .options import SearchOptions
+from .progress import Progress
+from .record import FAILED, INTERRUPTED, PRUNED, TrialRecord
+from .space import SearchSpace
+from .study import (MAX_OVER_BUDGET_PER_TRIAL, counted_trials, duplicate_of, fail_trial, make_pruner, make_sampler,
+                    open_storage, open_study, retry_interrupted, trial_by_number)
+from .trial import admitted, candidate_spec, run_trial, train_config
 
 METRICS = {"accuracy": ("top1", "max"), "flops": ("gflops", "min"), "params": ("mparams", "min")}
 HISTORY_METRICS = ("top1", "top5", "loss", "train_loss")  # per epoch, as the embedded backend records them
@@ -94,6 +95,17 @@ ASHA_REDUCTION_FACTOR = 3
 MAX_FAILURES = 2
 # A reachable Ray head accepts a TCP connection in milliseconds; ray.init would retry for minutes.
 CONNECT_TIMEOUT_S = 5.0
+# Tune warns whenever the experiment snapshot it forces after a trial checkpoint follows the last
+# one within 5 s, as it always does with short proxy epochs; those snapshots are what a rerun
+# resumes from, so the warning is only noise.
+QUIET_TUNE = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+
+# What a trial's record says when a stopped search left it unfinished (written on its Optuna trial).
+STOPPED = ("the search stopped before this trial finished; rerunning the same command resumes it from its "
+           "last checkpoint")
+RESUMED = "resumed from its last checkpoint by a rerun after the search stopped"
+NOT_IN_EXPERIMENT = ("interrupted (the search stopped before Ray Tune saved this trial in its experiment, "
+                     "so Tune cannot resume it)")
 
 
 # -- Ray's OptunaSearch internals -------------------------------------------------------------------
@@ -131,6 +143,84 @@ def _mark_done(searcher: OptunaSearch, trial_id: str) -> None:
     searcher._completed_trials.add(trial_id)
 
 
+def _unfinished(searcher: OptunaSearch) -> list[optuna.Trial]:
+    """The Optuna trials of the Tune trials this searcher suggested and has not seen end."""
+    return [t for trial_id, t in searcher._ot_trials.items() if trial_id not in searcher._completed_trials]
+
+
+# -- Ray's authentication internals ---------------------------------------------------------------
+# A driver must use token authentication exactly when its cluster does: with a token against a
+# cluster without authentication, the driver demands tokens that the cluster's workers never send,
+# so every trial dies within seconds; without one against a cluster that requires it, nothing
+# connects. Ray 2.60 has no public way to ask a cluster which it is, and reads RAY_AUTH_MODE only
+# when imported. The probe script and `_use_auth_mode` are the only code that touches `ray._raylet`;
+# tests/test_faults_ray.py runs them against real clusters with and without token authentication.
+
+# Exit statuses of _AUTH_PROBE.
+CLUSTER_OPEN, TOKEN_ACCEPTED, TOKEN_REJECTED, NO_TOKEN = 0, 3, 4, 5
+# Asks the cluster's GCS at argv[1] for its id, first without a token, then with this machine's
+# (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token). A process of its own, since Ray's
+# auth mode is process-wide and its client logs every refusal to stderr.
+_AUTH_PROBE = f"""
+import os, sys
+from ray._raylet import AuthenticationTokenLoader, Config, GcsClient
+from ray.exceptions import AuthenticationError
+
+def answers():
+    try:
+        GcsClient(address=sys.argv[1])
+    except AuthenticationError:
+        return False
+    return True
+
+if answers():
+    sys.exit({CLUSTER_OPEN})
+if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+    sys.exit({NO_TOKEN})
+os.environ["RAY_AUTH_MODE"] = "token"
+Config.initialize("")
+sys.exit({TOKEN_ACCEPTED} if answers() else {TOKEN_REJECTED})
+"""
+# The probe spends about a second importing Ray, and a cluster's GCS answers in milliseconds.
+# Something else listening at the address never answers (Ray's client gives up after 40 s); then
+# the probe is abandoned and ray.init's own error says what is wrong.
+AUTH_PROBE_TIMEOUT_S = 20.0
+
+
+def _probe_auth(address: str) -> int | None:
+    """How the cluster at HOST:PORT `address` authenticates this machine (an exit status of _AUTH_PROBE), or None."""
+    try:
+        probe = subprocess.run([sys.executable, "-c", _AUTH_PROBE, address], capture_output=True,
+                               env={**os.environ, "RAY_AUTH_MODE": "disabled"}, timeout=AUTH_PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return None
+    known = (CLUSTER_OPEN, TOKEN_ACCEPTED, TOKEN_REJECTED, NO_TOKEN)
+    return probe.returncode if probe.returncode in known else None
+
+
+def _use_auth_mode(mode: str) -> None:
+    """From the next ray.init on, this process's Ray (and the processes it starts) use auth mode `mode`:
+    "token" or "disabled"."""
+    from ray._raylet import Config
+
+    os.environ["RAY_AUTH_MODE"] = mode
+    Config.initialize("")  # Ray rereads its environment, as it does itself when it turns token mode on
+
+
+# -- the driver's objects in Tune's experiment ----------------------------------------------------
+# Tune pickles the searcher and the callbacks into the experiment (tuner.pkl) when the Tuner is
+# created, and Tuner.restore unpickles them. Ours hold this driver's live objects (the study, the
+# progress bar, which on a terminal cannot be unpickled), so they pickle as references to the
+# objects of whichever driver restores them: run() registers its own first. Tune then loads the
+# searcher state it saved into the rerun's searcher (RampOptunaSearch.restore).
+_DRIVER: dict[str, Any] = {}
+
+
+def _of_this_driver(role: str) -> Any:
+    """This driver's object in `role`: "searcher" or "callback"."""
+    return _DRIVER[role]
+
+
 # -- sampling ---------------------------------------------------------------------------------------
 
 class DefineByRun:
@@ -151,25 +241,61 @@ class DefineByRun:
 
 
 class RampOptunaSearch(OptunaSearch):
-    """OptunaSearch that rejects over-budget candidates and tells Optuna the truth about early stops.
+    """OptunaSearch that rejects over-budget and duplicate candidates and tells Optuna the truth about early stops.
 
     A scheduled trial's config gains `number`, its Optuna trial number, which names its training
     folder. Errored trials are left RUNNING in Optuna here: `StudyCallback.on_trial_error`, which
     Tune calls right after, fails them with the error as the reason.
     """
 
-    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any) -> None:
-        self.max_epochs = max_epochs
+    def __init__(self, *args: Any, max_epochs: int, sampler_seed: int, **kwargs: Any) -> None:
+        self.max_epochs, self.sampler_seed = max_epochs, sampler_seed
         super().__init__(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return _of_this_driver, ("searcher",)  # see "the driver's objects in Tune's experiment"
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Load the state Tune saved with its experiment, then settle the study's RUNNING trials.
+
+        Tune saved this searcher (its Optuna trials and sampler) together with its own trials, so
+        the Tune trials it resumes are exactly this searcher's unfinished ones. A trial suggested
+        after that save is marked interrupted and retried: no epoch of it reached Tune (Tune saves
+        right after each checkpoint it receives), so it trains from the start, and its candidate
+        trains once (the restored sampler proposes it again, a duplicate of the retry).
+        """
+        super().restore(checkpoint_path)
+        self.settle_running(RESUMED)
+        retry_interrupted(_optuna_study(self))
+
+    def settle_running(self, reason: str) -> list[int]:
+        """Write `reason` on the study's RUNNING trials that this searcher's Tune trials will finish,
+        and mark every other RUNNING trial interrupted, since nothing would ever finish it (a trial
+        suggested after Tune's last save, by a driver that was then killed). Returns the former's numbers.
+        """
+        study = _optuna_study(self)
+        finishable = {t.number: t for t in _unfinished(self)}
+        kept = []
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if trial.number in finishable:
+                TrialRecord(reason=reason).save(finishable[trial.number].set_user_attr)
+                kept.append(trial.number)
+            else:
+                fail_trial(study, trial, TrialRecord(status=INTERRUPTED, reason=NOT_IN_EXPERIMENT))
+        return kept
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str:
         for _ in range(MAX_OVER_BUDGET_PER_TRIAL):
             config = super().suggest(trial_id)
             ot_trial = _optuna_trial(self, trial_id)
-            if config["admitted"]:
-                TrialRecord(folder=ot_trial.number, ray_trial_id=trial_id).save(ot_trial.set_user_attr)
-                return {**config, "number": ot_trial.number}
-            _reject(self, trial_id)  # its record says over_budget
+            if config["admitted"]:  # else its record says over_budget
+                earlier = duplicate_of(_optuna_study(self), ot_trial)
+                if earlier is None:
+                    TrialRecord(folder=ot_trial.number, ray_trial_id=trial_id,
+                                sampler_seed=self.sampler_seed).save(ot_trial.set_user_attr)
+                    return {**config, "number": ot_trial.number}
+                TrialRecord.duplicate(earlier).save(ot_trial.set_user_attr)
+            _reject(self, trial_id)
         return Searcher.FINISHED
 
     def _open(self, trial_id: str) -> optuna.Trial | None:
@@ -281,13 +407,18 @@ def _staged_checkpoint(folder: Path) -> Iterator[tune.Checkpoint]:
 
 
 def _trainable(config: dict[str, Any], space: SearchSpace, run_dir: str, device: str, threads: int,
-               keep_checkpoints: bool) -> None:
+               keep_checkpoints: bool, finished: frozenset[int]) -> None:
     """Train one trial, reporting each epoch to Tune with its checkpoint, the last once training is done.
 
     Tune ends a trial as soon as it has its last epoch (ASHA stops it at max_t), so that epoch is
     reported only after training has written its result and dropped its checkpoint; a finished
     trial needs no checkpoint. If the trial dies in between, its retry trains that epoch again.
+    `finished`: the Optuna trials already finished when the driver started. Tune resumes one of
+    them when it finished after Tune last saved its experiment; it is not trained (nor its files
+    written) again.
     """
+    if config["number"] in finished:
+        return
     import torch
 
     torch.set_num_threads(threads)
@@ -332,6 +463,9 @@ class StudyCallback(tune.Callback):
     def __init__(self, study: optuna.Study, progress: Progress | None, keep_checkpoints: bool) -> None:
         self.study, self.progress, self.keep_checkpoints = study, progress, keep_checkpoints
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return _of_this_driver, ("callback",)  # see "the driver's objects in Tune's experiment"
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if self.progress:
             self.progress.epoch(trial.config["number"], result["epoch"], result)
@@ -353,27 +487,72 @@ class StudyCallback(tune.Callback):
             self.progress.update(self.study.get_trials(deepcopy=False))
 
 
-def _check_reachable(address: str) -> None:
-    """Fail fast, naming the address, when nothing listens at a HOST:PORT address ('auto' is Ray's to find)."""
+class HandsetSparingASHA(ASHAScheduler):
+    """ASHA that never stops the hand-set ramp's trial, the yardstick every schedule is judged against.
+
+    Its results still enter ASHA's rungs, so the other trials are measured against it.
+    """
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        return TrialScheduler.CONTINUE if trial.config["handset"] else decision
+
+
+def _scheduler(space: SearchSpace) -> TrialScheduler:
+    """Tune stops trials early only where the embedded backend prunes: ASHA for the median and
+    Hyperband pruners; nothing for `pruner: none` or several objectives (Optuna cannot prune those)."""
+    if isinstance(make_pruner(space), optuna.pruners.NopPruner):
+        return FIFOScheduler()
+    return HandsetSparingASHA(time_attr="training_iteration", metric="top1", mode="max", max_t=space.proxy.epochs,
+                              grace_period=ASHA_GRACE_EPOCHS, reduction_factor=ASHA_REDUCTION_FACTOR)
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a HOST:PORT or ray://HOST:PORT address; None for 'auto' (Ray's to find)."""
     host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit():
-        return
+    return (host.strip("[]"), int(port)) if sep and port.isdigit() else None
+
+
+def _check_reachable(address: str, host_port: tuple[str, int]) -> None:
+    """Fail fast, naming the address, when nothing listens there."""
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        socket.create_connection(host_port, timeout=CONNECT_TIMEOUT_S).close()
     except OSError as exc:
         raise UserError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}). Start one "
                         "on that machine with `ray start --head`, or pass --address auto on a node of a running "
                         "cluster") from None
 
 
+def _match_cluster_auth(address: str) -> None:
+    """Use token authentication exactly when the cluster at HOST:PORT `address` does, or say why it cannot be joined.
+
+    A token left in ~/.ray/auth_token by an earlier `ray start` says nothing about this cluster.
+    """
+    status = _probe_auth(address)
+    if status == NO_TOKEN:
+        raise UserError(f"--address {address}: that Ray cluster requires token authentication and this machine has "
+                        "no token; put the cluster's token (`ray get-auth-token` on its head node) in "
+                        "~/.ray/auth_token or RAY_AUTH_TOKEN")
+    if status == TOKEN_REJECTED:
+        raise UserError(f"--address {address}: that Ray cluster rejects this machine's auth token (from "
+                        "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token); use the cluster's own, which "
+                        "`ray get-auth-token` prints on its head node")
+    if status is not None:
+        _use_auth_mode("token" if status == TOKEN_ACCEPTED else "disabled")
+
+
 def _connect(address: str) -> None:
     """Join a running cluster, or say clearly why not."""
-    _check_reachable(address)
+    host_port = _host_port(address)
+    if host_port:
+        _check_reachable(address, host_port)
+        if not address.startswith("ray://"):  # Ray Client answers on its own port, not the GCS's
+            _match_cluster_auth(address)
     try:
         ray.init(address=address, log_to_driver=False)
-    except ConnectionError as exc:
+    except (ConnectionError, AuthenticationError) as exc:
         raise UserError(f"--address {address}: could not join a Ray cluster there ({exc}). Start one with "
-                        "`ray start --head`, or pass 'auto' on a cluster node; a cluster with token "
+                        "`ray start --head`, or pass 'auto' on a cluster node; with 'auto', a cluster with token "
                         "authentication needs its token in ~/.ray/auth_token or RAY_AUTH_TOKEN") from None
 
 
@@ -386,27 +565,49 @@ def _check_options(options: SearchOptions) -> None:
                         "the GPUs from trials that reserve none")
 
 
-def _new_tuner(space: SearchSpace, run_dir: Path, options: SearchOptions, trainable: Any,
-               callbacks: list[tune.Callback]) -> tune.Tuner:
+def _searcher(space: SearchSpace, run_dir: Path, options: SearchOptions, seed: int) -> RampOptunaSearch:
     metric, mode = zip(*(METRICS[o] for o in space.objectives))
-    searcher = RampOptunaSearch(
+    return RampOptunaSearch(
         space=DefineByRun(space), metric=list(metric) if space.multi_objective else metric[0],
-        mode=list(mode) if space.multi_objective else mode[0], sampler=make_sampler(space),
-        study_name=options.study, storage=open_storage(run_dir, None), max_epochs=space.proxy.epochs)
-    scheduler = ASHAScheduler(time_attr="training_iteration", metric="top1", mode="max", max_t=space.proxy.epochs,
-                              grace_period=ASHA_GRACE_EPOCHS, reduction_factor=ASHA_REDUCTION_FACTOR)
+        mode=list(mode) if space.multi_objective else mode[0], sampler=make_sampler(space, seed),
+        study_name=options.study, storage=open_storage(run_dir, None), max_epochs=space.proxy.epochs,
+        sampler_seed=seed)
+
+
+def _new_tuner(study: optuna.Study, space: SearchSpace, run_dir: Path, options: SearchOptions, trainable: Any,
+               searcher: RampOptunaSearch, callback: StudyCallback, progress: Progress | None) -> tune.Tuner | None:
+    """A Tune experiment for the trials the study still needs, or None if it has them all.
+
+    Its trials left RUNNING, by a driver stopped before Tune first saved the experiment (or whose
+    experiment was deleted), can be resumed by no one: they are marked interrupted and retried.
+    """
+    experiment = run_dir / "ray" / options.study
+    if experiment.exists():
+        shutil.rmtree(experiment)  # an experiment that never wrote its state: nothing to resume
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        fail_trial(study, trial, TrialRecord(status=INTERRUPTED, reason=NOT_IN_EXPERIMENT))
+    retried = retry_interrupted(study)
+    if retried and progress:
+        progress.note(f"retrying interrupted trial(s) {retried}")
+    missing = options.trials - counted_trials(study.get_trials(deepcopy=False))[0]
+    if missing <= 0:
+        return None
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=options.trials,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(space), num_samples=missing,
                                     reuse_actors=False, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=options.study, storage_path=str(run_dir / "ray"), verbose=0,
-                                  callbacks=callbacks, checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  callbacks=[callback], checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                                   failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)))
 
 
 def run(space: SearchSpace, space_file: Path, run_dir: Path, options: SearchOptions,
         progress: Progress | None = None) -> optuna.Study:
-    """Run (or resume) a Ray Tune search; returns the Optuna study that holds its trials."""
+    """Run (or resume) a Ray Tune search; returns the Optuna study that holds its trials.
+
+    Raises KeyboardInterrupt when Tune stopped on Ctrl-C: it saved its experiment first, and the
+    trials it left unfinished stay RUNNING until a rerun of the same command resumes them.
+    """
     _check_options(options)
     run_dir = run_dir.resolve()
     joined_here = not ray.is_initialized()  # a Ray this process already runs is used as it is
@@ -416,31 +617,39 @@ def run(space: SearchSpace, space_file: Path, run_dir: Path, options: SearchOpti
         # A one-machine cluster. It stays on loopback only if RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was
         # set before Ray was imported; otherwise Ray (on Linux) swaps 127.0.0.1 for this machine's address.
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-    # Created (with the hand-set ramp enqueued) before OptunaSearch loads it, so the driver reads
-    # progress from the start and the hand-set ramp is the first trial.
-    study = open_study(space, run_dir, options.study, None)
-    trainable = tune.with_resources(
-        tune.with_parameters(_trainable, space=space, run_dir=str(run_dir), device=options.device,
-                             threads=max(1, int(options.cpus_per_trial)), keep_checkpoints=options.keep_checkpoints),
-        {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
-    experiment = run_dir / "ray" / options.study
-    if tune.Tuner.can_restore(str(experiment)):
-        # Failed trials are final (their record says why). Tune resumes unfinished ones from their
-        # checkpoints, but the run they were cut from marked their Optuna trials interrupted (below),
-        # so the searcher ignores their results.
-        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True)
-    else:
-        if experiment.exists():
-            shutil.rmtree(experiment)  # an experiment that never wrote its state: nothing to resume
-        tuner = _new_tuner(space, run_dir, options, trainable,
-                           [StudyCallback(study, progress, options.keep_checkpoints)])
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # Tune prints tables to stdout; --json owns stdout
-            tuner.fit()
+        # Created (with the hand-set ramp enqueued) before OptunaSearch loads it, so the driver reads
+        # progress from the start and the hand-set ramp is the first trial.
+        study, seed = open_study(space, run_dir, options.study, None)
+        finished = frozenset(t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+        trainable = tune.with_resources(
+            tune.with_parameters(_trainable, space=space, run_dir=str(run_dir), device=options.device,
+                                 threads=max(1, int(options.cpus_per_trial)),
+                                 keep_checkpoints=options.keep_checkpoints, finished=finished),
+            {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
+        searcher = _searcher(space, run_dir, options, seed)
+        callback = StudyCallback(study, progress, options.keep_checkpoints)
+        _DRIVER.update(searcher=searcher, callback=callback)
+        experiment = run_dir / "ray" / options.study
+        if tune.Tuner.can_restore(str(experiment)):
+            # Failed trials are final (their record says why); unfinished ones resume from their checkpoints.
+            if progress:
+                progress.note(f"resuming the Ray Tune experiment in {experiment}")
+            tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_unfinished=True)
+        else:
+            tuner = _new_tuner(study, space, run_dir, options, trainable, searcher, callback, progress)
+        if tuner is not None:
+            for name, value in QUIET_TUNE.items():
+                os.environ.setdefault(name, value)
+            with contextlib.redirect_stdout(sys.stderr):  # Tune prints tables to stdout; --json owns stdout
+                tuner.fit()
     finally:
+        _DRIVER.clear()
         if joined_here:
             ray.shutdown()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # the experiment is over, so a trial still RUNNING was left by a driver that was stopped
-        fail_trial(study, trial, TrialRecord(status=INTERRUPTED, reason="interrupted (the search process stopped)"))
+    # Tune ends early only when stopped (Ctrl-C), after saving its experiment with this searcher's
+    # unfinished trials, which the rerun resumes; a normal end leaves none.
+    stopped = searcher.settle_running(STOPPED)
+    if stopped:
+        raise KeyboardInterrupt(f"Ray Tune stopped before trial(s) {stopped} finished")
     return study
