@@ -16,9 +16,12 @@ What is guaranteed about failures:
 
 - After every epoch but the last, the trial hands Tune a real checkpoint: that epoch's training
   checkpoint (checkpoint.json and the two ckpt-E.*.safetensors files it names). Tune copies it
-  into its storage path, `RUN_DIR/ray/STUDY/NNNN-<Tune trial id>/`, keeping the latest one per
-  trial. The last epoch is reported once training has finished (model.safetensors and
-  result.json written), since Tune ends the trial as soon as it has that epoch.
+  into its storage path, `RUN_DIR/ray/STUDY/NNNN-<Tune trial id>/`, and keeps every epoch's until
+  the trial ends: Tune deletes an older checkpoint before it saves the experiment state that names
+  the newer one, so with only the latest kept, a driver killed in between left a restore pointing
+  at a deleted checkpoint (benchmarks/faults.py hit that on its first kill). The last epoch is
+  reported once training has finished (model.safetensors and result.json written), since Tune ends
+  the trial as soon as it has that epoch.
 - A trial that fails (an exception, a lost node) is retried up to MAX_FAILURES times, each time
   from its latest checkpoint: the retry puts Tune's checkpoint into the trial's training folder
   (`RUN_DIR/trials/NNNN`, NNNN the Optuna trial number) when that folder is missing or at another
@@ -95,10 +98,12 @@ ASHA_REDUCTION_FACTOR = 3
 MAX_FAILURES = 2
 # A reachable Ray head accepts a TCP connection in milliseconds; ray.init would retry for minutes.
 CONNECT_TIMEOUT_S = 5.0
-# Tune warns whenever the experiment snapshot it forces after a trial checkpoint follows the last
-# one within 5 s, as it always does with short proxy epochs; those snapshots are what a rerun
-# resumes from, so the warning is only noise.
-QUIET_TUNE = {"TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
+# Tune's defaults that a search changes (unless set in the environment). Tune saves its experiment
+# state (what a rerun restores) every 10 s or more by default; a search saves it at every step of
+# Tune's loop, so a killed driver's rerun resumes every trial from its newest checkpoint (the state
+# is a few KB per trial). Tune warns whenever one save follows another within 5 s, as they then
+# always do: only noise.
+TUNE_DEFAULTS = {"TUNE_GLOBAL_CHECKPOINT_S": "0", "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
 
 # What a trial's record says when a stopped search left it unfinished (written on its Optuna trial).
 STOPPED = ("the search stopped before this trial finished; rerunning the same command resumes it from its "
@@ -480,9 +485,10 @@ class StudyCallback(tune.Callback):
         self._ended(trial)
 
     def _ended(self, trial: Trial) -> None:
-        """Drop the ended trial's checkpoint from Tune's storage (training drops its own), show progress."""
-        if not self.keep_checkpoints and trial.checkpoint is not None:
-            trial.checkpoint.filesystem.delete_dir(trial.checkpoint.path)
+        """Drop the ended trial's checkpoints from Tune's storage (training drops its own), show progress."""
+        if not self.keep_checkpoints and trial.path:
+            for checkpoint in Path(trial.path).glob("checkpoint_*"):
+                shutil.rmtree(checkpoint, ignore_errors=True)
         if self.progress:
             self.progress.update(self.study.get_trials(deepcopy=False))
 
@@ -597,7 +603,7 @@ def _new_tuner(study: optuna.Study, space: SearchSpace, run_dir: Path, options: 
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(space), num_samples=missing,
                                     reuse_actors=False, trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=options.study, storage_path=str(run_dir / "ray"), verbose=0,
-                                  callbacks=[callback], checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                  callbacks=[callback], checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                                   failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)))
 
 
@@ -639,7 +645,7 @@ def run(space: SearchSpace, space_file: Path, run_dir: Path, options: SearchOpti
         else:
             tuner = _new_tuner(study, space, run_dir, options, trainable, searcher, callback, progress)
         if tuner is not None:
-            for name, value in QUIET_TUNE.items():
+            for name, value in TUNE_DEFAULTS.items():
                 os.environ.setdefault(name, value)
             with contextlib.redirect_stdout(sys.stderr):  # Tune prints tables to stdout; --json owns stdout
                 tuner.fit()
