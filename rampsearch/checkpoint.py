@@ -9,7 +9,7 @@ A checkpoint of epoch E in an output directory is two tensor files named by a JS
   history, ...) with each tensor replaced by {"__tensor__": key into the state file}.
 
 `checkpoint.json` holds the current checkpoint's record at its top level ("epoch", "model",
-"tensors", "sha256", "bytes", "state": what rampsearch.search.ray_backend copies) and, under
+"tensors", "sha256", "bytes", "state": all a copy of the current checkpoint needs) and, under
 "previous", the record of epoch E-1, whose two files are kept as a fallback; older epochs' files are
 deleted. A copy with only the current files simply has no previous checkpoint. (After a fallback the
 pointer still names the damaged epoch until that epoch is written again, over it.)

@@ -199,13 +199,13 @@ def test_a_candidate_is_trained_once_however_its_params_spell_it(tmp_path):
 
 
 def test_a_trial_failed_by_heartbeats_is_retried_in_its_folder_and_not_counted(tmp_path):
-    from rampsearch.search.study import _retry_stale, interrupted_numbers
+    from rampsearch.search.study import _enqueue_retry, interrupted_numbers
 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path}/s.db", study_name="s")
     trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     TrialRecord(folder=trial.number).save(trial.set_user_attr)
     study.tell(trial, state=TrialState.FAIL)  # what Optuna's fail_stale_trials does before the callback
-    _retry_stale(study, trial_by_number(study, trial.number))
+    _enqueue_retry(study, trial_by_number(study, trial.number))
     (waiting,) = study.get_trials(states=(TrialState.WAITING,))
     record = TrialRecord.of(waiting)
     assert record.retry_of == trial.number and record.folder == trial.number

@@ -27,62 +27,63 @@ from .record import FAILED, INTERRUPTED, PRUNED, TrialRecord
 from .space import SearchSpace, load_space
 from .study import (MAX_OVER_BUDGET_PER_TRIAL, counted_trials, duplicate_of, mend, open_study,
                     worker_identity)
-from .trial import admitted, candidate_spec, run_trial, train_config
+from .trial import admitted, candidate_spec, run_trial, train_config, trial_folder
 
 # How often the parent of --workers processes refreshes its progress line.
 WORKER_POLL_S = 2.0
 
-HISTORY_METRICS = ("top1", "top5", "loss", "train_loss")  # per epoch, in each trial's record
 EpochLine = Callable[[int, int, dict[str, float]], None]  # (trial number, epoch, metrics)
 
 
 def make_objective(space: SearchSpace, run_dir: Path, options: SearchOptions, seed: int,
                    on_epoch: EpochLine | None = None) -> Callable[[optuna.Trial], Any]:
     def objective(trial: optuna.Trial) -> Any:
-        TrialRecord(worker=worker_identity(), sampler_seed=seed).save(trial.set_user_attr)
+        TrialRecord(worker=worker_identity(), sampler_seed=seed).write(trial)
         candidate = space.suggest(trial)
         if not admitted(candidate):
             raise optuna.TrialPruned(candidate.describe_violation())
         earlier = duplicate_of(trial.study, trial)
         if earlier is not None:
             record = TrialRecord.duplicate(earlier)
-            record.save(trial.set_user_attr)
+            record.write(trial)
             raise optuna.TrialPruned(record.reason)
-        given = TrialRecord.from_attrs(trial.user_attrs)
+        given = TrialRecord.of(trial)
         # A retried trial trains in its original's folder, so training resumes from its checkpoint.
         folder_number = given.folder if given.folder is not None else trial.number
-        TrialRecord(folder=folder_number).save(trial.set_user_attr)
+        TrialRecord(folder=folder_number).write(trial)
         history = TrialRecord()
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             nonlocal history
-            history = history.with_epoch(epoch, {k: metrics[k] for k in HISTORY_METRICS})
-            history.save(trial.set_user_attr)
+            history = history.with_epoch(epoch, metrics)
+            history.write(trial)
             if on_epoch:
                 on_epoch(trial.number, epoch, metrics)
             if not space.multi_objective:
                 trial.report(metrics["top1"], epoch)
                 if not candidate.handset and trial.should_prune():
                     reason = f"pruned by the {space.search.pruner} pruner after epoch {epoch}/{space.proxy.epochs}"
-                    TrialRecord(status=PRUNED, reason=reason).save(trial.set_user_attr)
+                    TrialRecord(status=PRUNED, reason=reason).write(trial)
                     raise optuna.TrialPruned(reason)
 
-        config = train_config(space, candidate_spec(space, candidate), run_dir / "trials" / f"{folder_number:04d}",
+        config = train_config(space, candidate_spec(space, candidate), trial_folder(run_dir, folder_number),
                               options.device, overrides=None, keep_checkpoints=options.keep_checkpoints)
         try:
             result = run_trial(config, report)
         except (optuna.TrialPruned, RunFailed):  # RunFailed: the study's database is gone; nothing can be written
             raise
         except KeyboardInterrupt:  # Optuna marks the trial FAIL; the record says to retry it
-            TrialRecord(status=INTERRUPTED, reason="interrupted (Ctrl-C)").save(trial.set_user_attr)
+            TrialRecord(status=INTERRUPTED, reason="interrupted (Ctrl-C)").write(trial)
             raise
         except Exception as exc:  # recorded with its reason; the search goes on
-            TrialRecord(status=FAILED, reason=f"{type(exc).__name__}: {exc}"[:2000]).save(trial.set_user_attr)
+            TrialRecord(status=FAILED, reason=f"{type(exc).__name__}: {exc}"[:2000]).write(trial)
             raise
         # the training's own per-epoch record: complete even when the trial resumed or its training
         # had finished before (a retry whose original died after training, before telling Optuna)
-        rows = tuple({"epoch": row["epoch"], **{k: row[k] for k in HISTORY_METRICS}} for row in result["history"])
-        TrialRecord(duration_s=result["seconds"], history=rows).save(trial.set_user_attr)
+        final = TrialRecord(duration_s=result["seconds"])
+        for row in result["history"]:
+            final = final.with_epoch(row["epoch"], row)
+        final.write(trial)
         values = {"accuracy": result["top1"], "flops": candidate.flops / 1e9, "params": candidate.params / 1e6}
         return tuple(values[o] for o in space.objectives) if space.multi_objective else values["accuracy"]
 

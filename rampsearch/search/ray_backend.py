@@ -72,7 +72,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ..architecture import Architecture
-from ..checkpoint import POINTER, drop_checkpoint, read_json
+from ..checkpoint import POINTER, RESULT, drop_checkpoint, read_json
 from ..errors import UserError
 from ..ramp import RampSchedule
 from .options import SearchOptions
@@ -81,10 +81,9 @@ from .record import FAILED, INTERRUPTED, PRUNED, TrialRecord
 from .space import SearchSpace
 from .study import (MAX_OVER_BUDGET_PER_TRIAL, counted_trials, duplicate_of, fail_trial, make_pruner, make_sampler,
                     open_storage, open_study, retry_interrupted, trial_by_number)
-from .trial import admitted, candidate_spec, run_trial, train_config
+from .trial import admitted, candidate_spec, run_trial, train_config, trial_folder
 
 METRICS = {"accuracy": ("top1", "max"), "flops": ("gflops", "min"), "params": ("mparams", "min")}
-HISTORY_METRICS = ("top1", "top5", "loss", "train_loss")  # per epoch, as the embedded backend records them
 
 # ASHA judges trials at GRACE * REDUCTION^k epochs (1, 3, 9, ...) and keeps the best 1/REDUCTION
 # at each. A proxy training lasts only a few epochs (3 by default), so the first judgement comes
@@ -283,7 +282,7 @@ class RampOptunaSearch(OptunaSearch):
         kept = []
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if trial.number in finishable:
-                TrialRecord(reason=reason).save(finishable[trial.number].set_user_attr)
+                TrialRecord(reason=reason).write(finishable[trial.number])
                 kept.append(trial.number)
             else:
                 fail_trial(study, trial, TrialRecord(status=INTERRUPTED, reason=NOT_IN_EXPERIMENT))
@@ -297,9 +296,9 @@ class RampOptunaSearch(OptunaSearch):
                 earlier = duplicate_of(_optuna_study(self), ot_trial)
                 if earlier is None:
                     TrialRecord(folder=ot_trial.number, ray_trial_id=trial_id,
-                                sampler_seed=self.sampler_seed).save(ot_trial.set_user_attr)
+                                sampler_seed=self.sampler_seed).write(ot_trial)
                     return {**config, "number": ot_trial.number}
-                TrialRecord.duplicate(earlier).save(ot_trial.set_user_attr)
+                TrialRecord.duplicate(earlier).write(ot_trial)
             _reject(self, trial_id)
         return Searcher.FINISHED
 
@@ -332,28 +331,21 @@ class RampOptunaSearch(OptunaSearch):
             return
         if result:  # Tune hands a trial's last result to on_trial_complete only
             _record_epoch(ot_trial, result)
-            TrialRecord(duration_s=result["time_total_s"]).save(ot_trial.set_user_attr)
+            TrialRecord(duration_s=result["time_total_s"]).write(ot_trial)
         epochs = (result or {}).get("epoch", 0)
         if epochs < self.max_epochs:
             reason = f"stopped by ASHA after epoch {epochs}/{self.max_epochs}"
-            TrialRecord(status=PRUNED, reason=reason).save(ot_trial.set_user_attr)
+            TrialRecord(status=PRUNED, reason=reason).write(ot_trial)
             _finish(self, trial_id, TrialState.PRUNED)
             return
         super().on_trial_complete(trial_id, result, error)
 
 
 def _record_epoch(ot_trial: optuna.Trial, result: dict) -> None:
-    history = TrialRecord(history=TrialRecord.from_attrs(ot_trial.user_attrs).history).with_epoch(
-        result["epoch"], {k: result[k] for k in HISTORY_METRICS if k in result})
-    history.save(ot_trial.set_user_attr)
+    TrialRecord(history=TrialRecord.of(ot_trial).history).with_epoch(result["epoch"], result).write(ot_trial)
 
 
 # -- the trainable ----------------------------------------------------------------------------------
-
-def trial_folder(run_dir: Path, number: int) -> Path:
-    """Where trial `number` trains, on whichever node runs it: the embedded backend's layout."""
-    return run_dir / "trials" / f"{number:04d}"
-
 
 def _copy_checkpoint(source: Path, dest: Path) -> None:
     """Copy the current training checkpoint of `source` (checkpoint.json and the files it names) to `dest`.
@@ -373,8 +365,8 @@ def _copy_checkpoint(source: Path, dest: Path) -> None:
 
 def _trained_epochs(folder: Path) -> int:
     """How far the training in `folder` is: its result's epochs, its checkpoint's epoch, or 0."""
-    if (folder / "result.json").is_file():
-        return read_json(folder / "result.json", "training result")["epochs"]
+    if (folder / RESULT).is_file():
+        return read_json(folder / RESULT, "training result")["epochs"]
     if (folder / POINTER).is_file():
         return read_json(folder / POINTER, "checkpoint")["epoch"]
     return 0
@@ -394,7 +386,7 @@ def _align_with_tune(folder: Path) -> None:
         epoch = read_json(Path(directory) / POINTER, "checkpoint")["epoch"] if directory else 0
         if _trained_epochs(folder) != epoch:
             drop_checkpoint(folder)
-            (folder / "result.json").unlink(missing_ok=True)
+            (folder / RESULT).unlink(missing_ok=True)
             if directory:
                 _copy_checkpoint(Path(directory), folder)
 

@@ -2,10 +2,11 @@
 
 A trial's record lives in its Optuna user attributes, one attribute per field, under the field's
 name, so any Optuna client (optuna-dashboard, `study.trials_dataframe()`) shows it as it is. Only
-this module turns attributes into fields and back: write with `record.save(trial.set_user_attr)`
-(any `(key, value)` setter works: a Ray-side trial, a storage write for a trial of a dead process),
-read with `TrialRecord.of(frozen_trial)`. `save` writes the fields that differ from their defaults,
-so a partial record updates just those: `TrialRecord(status=PRUNED, reason=...).save(...)`.
+this module turns attributes into fields and back: write with `record.write(trial)` (or
+`record.save(setter)` with any `(key, value)` setter, e.g. a storage write for a trial of a dead
+process; `record.attrs()` for a trial still to be enqueued), read with `TrialRecord.of(trial)` (a
+frozen or a running trial). Writing sets the fields that differ from their defaults, so a partial
+record updates just those: `TrialRecord(status=PRUNED, reason=...).write(trial)`.
 
 `status` says why a trial is in its Optuna state, which the state alone cannot: an over-budget
 candidate and a pruned one are both PRUNED; a failed trial and an interrupted one are both FAIL.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 from optuna.trial import FrozenTrial
 
@@ -28,7 +29,17 @@ FAILED = "failed"  # the training raised (FAIL)
 INTERRUPTED = "interrupted"  # Ctrl-C, a killed process or a lost node (FAIL); retried on the next run
 STATUSES = (OVER_BUDGET, DUPLICATE, PRUNED, FAILED, INTERRUPTED)
 
+HISTORY_METRICS = ("top1", "top5", "loss", "train_loss")  # what a trial's history keeps of each epoch
 PROXY_TRAINING = "proxy-training"  # how a trial's value was measured: a short standalone training
+
+
+class HasAttrs(Protocol):
+    """A trial whose user attributes can be read and set: optuna.Trial (Ray's OptunaSearch's too)."""
+
+    @property
+    def user_attrs(self) -> dict[str, Any]: ...
+
+    def set_user_attr(self, key: str, value: Any) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -59,8 +70,18 @@ class TrialRecord:
             if value != f.default:  # every field's default is a plain value (history's is the empty tuple)
                 set_attr(f.name, _to_json(value))
 
+    def write(self, trial: HasAttrs) -> None:
+        """Write this record's fields on a running trial."""
+        self.save(trial.set_user_attr)
+
+    def attrs(self) -> dict[str, Any]:
+        """This record's fields as user attributes (for `study.enqueue_trial(..., user_attrs=...)`)."""
+        out: dict[str, Any] = {}
+        self.save(out.__setitem__)
+        return out
+
     @classmethod
-    def of(cls, trial: FrozenTrial) -> "TrialRecord":
+    def of(cls, trial: FrozenTrial | HasAttrs) -> "TrialRecord":
         return cls.from_attrs(trial.user_attrs)
 
     @classmethod
@@ -78,9 +99,11 @@ class TrialRecord:
         return cls(status=DUPLICATE, reason=f"the same candidate as trial {earlier}, never trained")
 
     def with_epoch(self, epoch: int, metrics: Mapping[str, float]) -> "TrialRecord":
-        """This record with one more epoch in its history (an epoch seen before replaces its row)."""
+        """This record with one more epoch in its history, its HISTORY_METRICS taken from `metrics`
+        (an epoch seen before replaces its row)."""
         rows = [row for row in self.history if row["epoch"] != epoch]
-        return dataclasses.replace(self, history=tuple(rows) + ({"epoch": epoch, **metrics},))
+        kept = {k: metrics[k] for k in HISTORY_METRICS if k in metrics}
+        return dataclasses.replace(self, history=tuple(rows) + ({"epoch": epoch, **kept},))
 
     @property
     def over_budget(self) -> bool:
@@ -94,6 +117,12 @@ class TrialRecord:
     def rejected(self) -> bool:
         """Rejected before training (over budget or a duplicate): never trained, never counted."""
         return self.status in (OVER_BUDGET, DUPLICATE)
+
+
+def optuna_retry_of(trial: FrozenTrial) -> int | None:
+    """The trial that Optuna's own RetryHeartbeatStaleTrialCallback enqueued `trial` to retry, as in
+    studies of rampsearch 0.1 (a system attribute; Optuna's accessor for it is experimental and warns)."""
+    return trial.system_attrs.get("failed_trial")
 
 
 def _legacy(attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -119,4 +148,5 @@ def _to_json(value: Any) -> Any:
     return value
 
 
-__all__ = ["DUPLICATE", "FAILED", "INTERRUPTED", "OVER_BUDGET", "PROXY_TRAINING", "PRUNED", "STATUSES", "TrialRecord"]
+__all__ = ["DUPLICATE", "FAILED", "HISTORY_METRICS", "INTERRUPTED", "OVER_BUDGET", "PROXY_TRAINING", "PRUNED",
+           "STATUSES", "TrialRecord", "optuna_retry_of"]

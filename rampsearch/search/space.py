@@ -203,7 +203,7 @@ class SearchSpace:
         candidate = self.handset() if is_handset else self.candidate(arch, ramp)
         for key, value in candidate.violations.items():
             trial.set_constraint(key, value)
-        candidate.record(self.search.seed).save(trial.set_user_attr)
+        candidate.record(self.search.seed).write(trial)
         return candidate
 
     # -- budget -------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from ..errors import UserError
 from ..redact import redact
 from .journal import check_journal
 from .rdb import open_rdb
-from .record import INTERRUPTED, TrialRecord
+from .record import INTERRUPTED, TrialRecord, optuna_retry_of
 from .space import SearchSpace, load_space
 
 JOURNAL = "study.journal"
@@ -83,7 +83,7 @@ def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
 def open_storage(run_dir: Path, url: str | None) -> optuna.storages.BaseStorage:
     """The study's storage: `url` (an RDB), or the run directory's journal file."""
     if url:
-        return open_rdb(url, _retry_stale)
+        return open_rdb(url, _enqueue_retry)
     path = run_dir / JOURNAL
     lock = optuna.storages.journal.JournalFileOpenLock(str(path))
     check_journal(path, lock)  # a torn last record is set aside; other damage stops, naming the line
@@ -166,19 +166,15 @@ def retry_interrupted(study: optuna.Study) -> list[int]:
 
 def _enqueue_retry(study: optuna.Study, trial: FrozenTrial) -> None:
     """Enqueue `trial` again: the same params, training in its original's folder, so the training
-    resumes from the original's last good checkpoint (a retry of a retry keeps the first folder)."""
+    resumes from the original's last good checkpoint (a retry of a retry keeps the first folder).
+
+    Also the RDB heartbeat callback: a trial whose process fell silent was failed (by the one process
+    that won the race to fail it); its record cannot be written any more (a finished trial is
+    read-only), so its retry's `retry_of` is what says it was interrupted.
+    """
     record = TrialRecord.of(trial)
     retry = TrialRecord(retry_of=trial.number, folder=record.folder if record.folder is not None else trial.number)
-    attrs: dict[str, Any] = {}
-    retry.save(attrs.__setitem__)
-    study.enqueue_trial(trial.params, user_attrs=attrs)
-
-
-def _retry_stale(study: optuna.Study, trial: FrozenTrial) -> None:
-    """RDB heartbeat callback: a trial whose process fell silent was failed (by the one process that
-    won the race to fail it); it is retried in its folder. Its record cannot be written any more (a
-    finished trial is read-only), so its retry's `retry_of` is what says it was interrupted."""
-    _enqueue_retry(study, trial)
+    study.enqueue_trial(trial.params, user_attrs=retry.attrs())
 
 
 def counted_trials(trials: list[FrozenTrial]) -> tuple[int, int]:
@@ -208,11 +204,9 @@ def interrupted_numbers(trials: list[FrozenTrial]) -> set[int]:
 
 
 def _retried(trials: list[FrozenTrial]) -> set[int]:
-    """Numbers of trials that have a retry: rampsearch's (`retry_of`), or one enqueued by Optuna's
-    own RetryHeartbeatStaleTrialCallback in studies of rampsearch 0.1 (`failed_trial`; Optuna's
-    accessor for it is experimental and warns)."""
-    return ({TrialRecord.of(t).retry_of for t in trials} - {None}) | {
-        t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
+    """Numbers of trials that have a retry: rampsearch's (`retry_of`), or Optuna's own in studies of
+    rampsearch 0.1 (`optuna_retry_of`)."""
+    return {r for t in trials for r in (TrialRecord.of(t).retry_of, optuna_retry_of(t)) if r is not None}
 
 
 def duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
@@ -222,7 +216,7 @@ def duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
     same valid ramp). Only the later of two equal proposals is rejected, so two processes proposing
     the same candidate at once train it exactly once. A retry is never a duplicate of its original.
     """
-    record = TrialRecord.from_attrs(trial.user_attrs)
+    record = TrialRecord.of(trial)
     if record.retry_of is not None:
         return None
     for earlier in study.get_trials(deepcopy=False):

@@ -14,6 +14,12 @@ from .space import Candidate, SearchSpace
 Report = Callable[[int, dict[str, float]], None]
 
 
+def trial_folder(run_dir: Path, number: int) -> Path:
+    """Where the trial whose folder number is `number` trains (a retry uses its original's number),
+    on whichever node or backend runs it."""
+    return run_dir / "trials" / f"{number:04d}"
+
+
 def admitted(candidate: Candidate) -> bool:
     """Whether a candidate may train; an over-budget one is recorded (its record says so) and never trains.
 
