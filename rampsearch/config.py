@@ -35,6 +35,13 @@ from .errors import UserError, read_yaml_mapping
 
 RECIPE_DIR = Path(__file__).parent / "configs" / "recipes"
 
+# `TrainConfig.data_split`: what a run trains and evaluates on (rampsearch.data re-exports these).
+# FINAL: the training data, evaluated on val (`rampsearch train`, retraining). SEARCH: the training data
+# minus its search split (`search_split`), evaluated on that split (search trials), so that candidates
+# are never selected on the val images the final comparison reports.
+FINAL, SEARCH = "final", "search"
+DATA_SPLITS = (FINAL, SEARCH)
+
 
 class ConfigError(UserError):
     """A configuration that cannot be used; the message names the key or file."""
@@ -89,6 +96,7 @@ class Recipe:
     data_classes: int | list[str] | None
     data_fraction: float
     val_split: float
+    search_split: float
     split_seed: int
     strict_data: bool
     workers: int
@@ -110,12 +118,15 @@ class Recipe:
 
 @dataclass
 class TrainConfig:
-    """One training run. Give `variant` or `architecture` (an Architecture.to_dict() mapping), or `baseline`."""
+    """One training run. Give `variant` or `architecture` (an Architecture.to_dict() mapping), `baseline` or
+    `supernet`."""
 
     variant: str | None = None
     architecture: dict[str, Any] | None = None
     ramp: str | list[float] = "handset"
     baseline: dict[str, Any] | None = None  # a rampsearch.baselines.BaselineSpec as a dict: train that ViT instead
+    supernet: dict[str, Any] | None = None  # a rampsearch.supernet.SupernetSpec as a dict: train that supernet
+    init: str | None = None  # a .safetensors file of initial weights (e.g. inherited from a supernet); None: random
     img_size: int | None = None  # None: the variant's size (64 for nano, else 224)
     data: str = "synthetic-freq"
     recipe: str = "proxy"
@@ -127,6 +138,10 @@ class TrainConfig:
     resume: bool = True  # continue from out/ if it holds a checkpoint of the same run
     quiet: bool = False  # no progress bar
     keep_checkpoints: bool = False  # keep the resume state (ckpt-*, checkpoint.json) after the run completes
+    data_split: str = FINAL  # final: evaluate on val | search: on the search split of the training data
+
+    def __post_init__(self) -> None:
+        check_data_split(self.data_split)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
@@ -135,6 +150,15 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown training config keys {unknown}; allowed: {sorted(known)}")
         return cls(**{k: _coerce(v, _hints(cls)[k], k) for k, v in data.items()})
+
+
+def check_data_split(value: Any) -> str:
+    """`value` if it is a valid `data_split`, else a ConfigError naming the key and the valid values."""
+    if value not in DATA_SPLITS:
+        raise ConfigError(f"data_split must be {FINAL!r} (train on the training data, evaluate on val) or "
+                          f"{SEARCH!r} (hold out the recipe's search_split of it and evaluate there), "
+                          f"got {value!r}")
+    return value
 
 
 # -- recipes ---------------------------------------------------------------------------------------
@@ -205,6 +229,8 @@ def _checked(r: Recipe) -> Recipe:
         problems.append(f"data_fraction must be in (0, 1], got {r.data_fraction}")
     if not 0 < r.val_split < 1:
         problems.append(f"val_split must be in (0, 1), got {r.val_split}")
+    if not 0 < r.search_split < 1:
+        problems.append(f"search_split must be in (0, 1), got {r.search_split}")
     if r.synthetic_texture not in ("grating", "dot-lattice"):
         problems.append(f"synthetic_texture must be grating or dot-lattice, got {r.synthetic_texture!r}")
     if r.amp not in ("auto", "bf16", "off"):

@@ -46,6 +46,21 @@ val, so an empty or missing class folder can never shift labels. Loading goes th
 ignored; files with an image extension that PIL cannot open are skipped and counted in the log,
 or rejected by name with `strict_data: true` (which also fully decodes every image up front).
 
+The search split
+----------------
+A search must not pick its candidates on the images the final comparison reports, so search trials
+(`TrainConfig.data_split: search`) hold out `search_split` (recipe key, default 0.2) of every class's
+*training* images, train on the rest and are scored on the held-out part; retraining and `rampsearch
+train` (`data_split: final`) train on all training images and report val. The search split is a
+subset of the training images, so it is disjoint from val by construction. Per class,
+round(search_split * n) images are held out, at least one, and at least one stays for training.
+Synthetic-freq splits its generated train set by index; image folders split the training file lists
+after `data_classes`, the val split and `data_fraction`, and evaluate the held-out images with the eval
+transform (no augmentation). Its seed is `split_seed`, through its own stream
+(`np.random.default_rng([split_seed, SEARCH_SPLIT_STREAM])`; the val split of a single folder uses
+`default_rng(split_seed)` and `data_fraction` `default_rng(split_seed + 1)`), so changing one never
+moves the other.
+
 Every data set needs at least 2 classes (after `data_classes`): top-1 over one class is always 100%.
 `check_data` runs the checks that need no decoding and no allocation (folder layout, class folders,
 one image file per class by extension; synthetic class counts and memory): one directory listing per
@@ -69,12 +84,17 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .config import Recipe
+from .config import DATA_SPLITS, FINAL, SEARCH, Recipe, check_data_split  # noqa: F401 (DATA_SPLITS: re-exported)
 from .errors import UserError
 
 log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic-freq"
+
+# Second word of the search split's seed, [split_seed, SEARCH_SPLIT_STREAM]. Non-zero: numpy's
+# SeedSequence pads entropy with zeros, so [s, 0] would be the stream of default_rng(s), the val
+# split's (and [s + 1, 0] data_fraction's); any non-zero word gives a stream of its own.
+SEARCH_SPLIT_STREAM = 2
 
 # Blob centres of each low-frequency (layout) class, in units of the random spread, before rotation
 # and shift: pairs horizontal, vertical, diagonal, anti-diagonal; two triangles; a square; a row of 3.
@@ -181,22 +201,30 @@ class Datasets:
     classes: list[str]
 
 
-def build_datasets(source: str, recipe: Recipe, img_size: int) -> Datasets:
-    """Train and val datasets for `source`: 'synthetic-freq' or an image-folder path."""
+def build_datasets(source: str, recipe: Recipe, img_size: int, split: str = FINAL) -> Datasets:
+    """Train and val datasets for `source`: 'synthetic-freq' or an image-folder path.
+
+    `split` FINAL: the training data and val. SEARCH: the training data minus its search split, and
+    the search split as `val` (see the module doc).
+    """
+    check_data_split(split)
     if source == SYNTHETIC:
-        return synthetic_datasets(recipe, img_size)
-    return image_folder_datasets(Path(source), recipe, img_size)
+        return synthetic_datasets(recipe, img_size, split)
+    return image_folder_datasets(Path(source), recipe, img_size, split)
 
 
-def check_data(source: str, recipe: Recipe, img_size: int) -> None:
+def check_data(source: str, recipe: Recipe, img_size: int, split: str = FINAL) -> None:
     """Raise the DataError `build_datasets` would raise for a bad folder or recipe, without loading anything.
 
     Image folder: the layout, the class folders (at least 2 after `data_classes`) and one file with an
     image extension in each (no file is opened: corrupt files are found by `build_datasets`).
-    synthetic-freq: the class counts and whether the set fits this machine's memory.
+    synthetic-freq: the class counts and whether the set fits this machine's memory. `split` SEARCH:
+    synthetic-freq needs 2 training images per class (one held out, one to train on); an image folder
+    whose classes all have a single training image fails in `build_datasets` (this check counts no files).
     """
+    check_data_split(split)
     if source == SYNTHETIC:
-        _check_synthetic(recipe, img_size)
+        _check_synthetic(recipe, img_size, split)
         return
     train_root, val_dir = _folder_layout(Path(source))
     names = list(_class_files(train_root, first_only=True))
@@ -207,18 +235,60 @@ def check_data(source: str, recipe: Recipe, img_size: int) -> None:
 
 # -- synthetic-freq ----------------------------------------------------------------------------------
 
-def synthetic_datasets(recipe: Recipe, img_size: int) -> Datasets:
-    _check_synthetic(recipe, img_size)
+def synthetic_datasets(recipe: Recipe, img_size: int, split: str = FINAL) -> Datasets:
+    """The generated train and val sets (FINAL), or the train set split into search-train and search split
+    (SEARCH: the val set is not made)."""
+    _check_synthetic(recipe, img_size, split)
     low, high = recipe.synthetic_low_classes, recipe.synthetic_high_classes
     classes = [f"layout{i}_orientation{j}" for i in range(low) for j in range(high)]
-    per_split = {"train": recipe.synthetic_train_per_class, "val": recipe.synthetic_val_per_class}
-    made = {split: SyntheticImages(*synthetic_freq(low, high, count * len(classes), img_size, recipe.synthetic_seed,
-                                                   split, recipe.synthetic_texture), recipe.mean, recipe.std)
-            for split, count in per_split.items()}
-    return Datasets(made["train"], made["val"], len(classes), classes)
+
+    def made(part: str, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return synthetic_freq(low, high, per_class * len(classes), img_size, recipe.synthetic_seed, part,
+                              recipe.synthetic_texture)
+
+    images, labels = made("train", recipe.synthetic_train_per_class)
+    if split == SEARCH:
+        kept, held = (torch.from_numpy(i) for i in
+                      search_split_indices(labels.numpy(), recipe.search_split, recipe.split_seed))
+        log.info("synthetic-freq: %d of %d training images held out as the search split (search_split %g); "
+                 "val is not used", len(held), len(labels), recipe.search_split)
+        return Datasets(SyntheticImages(images[kept], labels[kept], recipe.mean, recipe.std),
+                        SyntheticImages(images[held], labels[held], recipe.mean, recipe.std), len(classes), classes)
+    val = made("val", recipe.synthetic_val_per_class)
+    return Datasets(SyntheticImages(images, labels, recipe.mean, recipe.std),
+                    SyntheticImages(*val, recipe.mean, recipe.std), len(classes), classes)
 
 
-def _check_synthetic(recipe: Recipe, img_size: int) -> None:
+def search_split_indices(labels: Sequence[int] | np.ndarray, share: float,
+                         seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices kept for training, indices held out as the search split) of a training set with `labels`.
+
+    Per class (in label order): a permutation from `default_rng([seed, SEARCH_SPLIT_STREAM])`, of which
+    the first round(share * n) are held out, at least one, and at least one is kept; both sorted.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(_search_seed(seed))
+    kept, held = [], []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        order = members[rng.permutation(len(members))]
+        n_held = _held_count(len(members), share, minimum=1)
+        held.append(order[:n_held])
+        kept.append(order[n_held:])
+    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
+
+
+def _search_seed(split_seed: int) -> list[int]:
+    return [split_seed, SEARCH_SPLIT_STREAM]
+
+
+def _held_count(n: int, share: float, minimum: int = 0) -> int:
+    """Of a class's n images, how many a per-class split with `share` holds out: round(share * n), at least
+    `minimum`, and never all (a class keeps at least one training image)."""
+    return max(0, min(max(minimum, round(share * n)), n - 1))
+
+
+def _check_synthetic(recipe: Recipe, img_size: int, split: str = FINAL) -> None:
     """Refuse class counts, sizes and set sizes synthetic-freq cannot make here; allocates nothing."""
     low, high = recipe.synthetic_low_classes, recipe.synthetic_high_classes
     if not (1 <= low <= len(LAYOUTS) and 1 <= high <= MAX_TEXTURES):
@@ -231,6 +301,9 @@ def _check_synthetic(recipe: Recipe, img_size: int) -> None:
     if min(recipe.synthetic_train_per_class, recipe.synthetic_val_per_class) < 1:
         raise DataError("synthetic-freq: synthetic_train_per_class and synthetic_val_per_class must be >= 1; "
                         f"got {recipe.synthetic_train_per_class} and {recipe.synthetic_val_per_class}")
+    if split == SEARCH and recipe.synthetic_train_per_class < 2:
+        raise DataError(f"synthetic-freq: synthetic_train_per_class {recipe.synthetic_train_per_class} leaves "
+                        "nothing to hold out as the search split (data_split: search); it must be >= 2")
     if img_size < 16:
         raise DataError(f"synthetic-freq: img_size {img_size} is too small for its textures; use at least 16")
     need, have = _synthetic_bytes(recipe, img_size), _physical_memory()
@@ -421,7 +494,9 @@ class SyntheticImages(Dataset):
 
 # -- image folders -----------------------------------------------------------------------------------
 
-def image_folder_datasets(root: Path, recipe: Recipe, img_size: int) -> Datasets:
+def image_folder_datasets(root: Path, recipe: Recipe, img_size: int, split: str = FINAL) -> Datasets:
+    """Train and val datasets of an image folder (FINAL), or its training images split into search-train
+    (train transform) and the search split (SEARCH: `val`, eval transform); see the module doc."""
     from timm.data import create_transform
 
     train_root, val_dir = _folder_layout(root)
@@ -447,6 +522,19 @@ def image_folder_datasets(root: Path, recipe: Recipe, img_size: int) -> Datasets
         mean=tuple(recipe.mean), std=tuple(recipe.std))
     eval_tf = create_transform(img_size, is_training=False, interpolation=recipe.interpolation,
                                crop_pct=recipe.crop_pct, mean=tuple(recipe.mean), std=tuple(recipe.std))
+    if split == SEARCH:
+        train_files, held_files = _split(train_files, classes, recipe.search_split, _search_seed(recipe.split_seed),
+                                         minimum=1)
+        held = sum(map(len, held_files.values()))
+        if not held:
+            raise DataError(f"{train_root}: every selected class has a single training image, so the search "
+                            "split (data_split: search) would hold none; add images")
+        train = _timm_dataset(train_root, train_files, class_to_idx, train_tf)
+        search = _timm_dataset(train_root, held_files, class_to_idx, eval_tf)
+        log.info("image folder %s: %d classes, %d train images, of which %d are held out as the search split "
+                 "(search_split %g); val is not used", root, len(classes), len(train) + held, held,
+                 recipe.search_split)
+        return Datasets(train, search, len(classes), classes)
     train = _timm_dataset(train_root, train_files, class_to_idx, train_tf)
     val = _timm_dataset(val_dir or root, val_files, class_to_idx, eval_tf)
     log.info("image folder %s: %d classes, %d train and %d val images", root, len(classes), len(train), len(val))
@@ -557,17 +645,19 @@ def _select_classes(names: list[str], wanted: int | list[str] | None, root: Path
     return [c for c in names if c in wanted]
 
 
-def _split(files: dict[str, list[Path]], classes: list[str], val_share: float,
-           seed: int) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
-    """Per-class seeded split of one folder; a class keeps at least one training image."""
+def _split(files: dict[str, list[Path]], classes: list[str], share: float, seed: int | list[int],
+           minimum: int = 0) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+    """Per-class seeded split of file lists into (kept, held out): the val split of one folder (seed
+    `split_seed`), or the search split of the training files (seed `_search_seed(split_seed)`, `minimum`
+    1). A class holds out `_held_count` of its images and keeps at least one training image."""
     rng = np.random.default_rng(seed)
-    train, val = {}, {}
+    kept, held = {}, {}
     for c in classes:
         order = rng.permutation(len(files[c]))
-        n_val = min(round(val_share * len(order)), len(order) - 1)
-        val[c] = sorted(files[c][i] for i in order[:n_val])
-        train[c] = sorted(files[c][i] for i in order[n_val:])
-    return train, val
+        n_held = _held_count(len(order), share, minimum)
+        held[c] = sorted(files[c][i] for i in order[:n_held])
+        kept[c] = sorted(files[c][i] for i in order[n_held:])
+    return kept, held
 
 
 def _fraction(files: dict[str, list[Path]], fraction: float, seed: int) -> dict[str, list[Path]]:

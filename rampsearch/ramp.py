@@ -152,6 +152,15 @@ class RampSchedule:
         path.write_text(text)
 
 
+def allowed_high_heads(units: int, low: float, high: float) -> list[int]:
+    """High-frequency head counts (of `units`) that ratios in [low, high] snap to, ascending.
+
+    A ratio snaps to the nearest whole head, so the range reaches half a head beyond each end.
+    """
+    allowed = [k for k in range(units + 1) if low - 0.5 / units <= k / units <= high + 0.5 / units]
+    return allowed or [round(low * units)]
+
+
 def _round_half_up(x: float) -> int:
     return math.floor(x + 0.5)  # Python's round() goes to even: round(1.5) == round(2.5) == 2
 

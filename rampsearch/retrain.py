@@ -1,7 +1,9 @@
 """Retraining of a search's best schedules and of the hand-set ramp, seed by seed.
 
 Every contender (the top-K within-budget searched schedules, the hand-set ramp and, optionally,
-ViT baselines at matched FLOPs) trains with the same recipe, data and seeds through `train.fit`.
+ViT baselines at matched FLOPs) trains with the same recipe, data and seeds through `train.fit`, on
+all training images, and reports val (`data_split: final`; search trials were scored on the search
+split of the training images instead, rampsearch.data).
 Each run keeps its output in retrain/NAME/seedS/, so rerunning resumes; a finished run (its
 result.json exists) is not trained again. Each contender's inference throughput is measured once
 here (fixed batch, warm-up, median of repeats) and stored. Results go to retrain/results.csv,
@@ -21,6 +23,7 @@ import pandas as pd
 
 from .architecture import Architecture
 from .checkpoint import RESULT, read_json
+from .config import FINAL
 from .errors import UserError
 from .model_spec import ModelSpec, build_model
 from .ramp import RampSchedule
@@ -148,7 +151,8 @@ def run_retrain(run_dir: str | Path, top: int | None = None, seeds: int | None =
     def config(contender: Contender, seed: int) -> dict[str, Any]:
         return train_config(space, ModelSpec.from_dict(contender.spec), run_dir / "retrain" / contender.name /
                             f"seed{seed}", device, epochs=settings.epochs, recipe=settings.recipe, seed=seed,
-                            overrides=settings.overrides, keep_checkpoints=keep_checkpoints)
+                            overrides=settings.overrides, keep_checkpoints=keep_checkpoints,
+                            data_split=FINAL)  # retraining reports val; search trials scored on the search split
 
     for contender in retrain_plan.contenders:  # every model, before anything trains
         preflight(config(contender, 0))

@@ -46,12 +46,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from .checkpoint import (RESULT, drop_checkpoint, file_digests, load_checkpoint, read_json, save_checkpoint,
-                         save_weights, write_json)
+from .checkpoint import (RESULT, drop_checkpoint, file_digests, load_checkpoint, load_weights, read_json,
+                         save_checkpoint, save_weights, write_json)
 from .config import ConfigError, Recipe, TrainConfig, check_epochs, load_recipe
 from .data import SYNTHETIC, SyntheticImages, build_datasets, check_data
 from .errors import UserError
 from .model_spec import ModelSpec, build_model
+from .supernet import is_supernet, sandwich_backward
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def preflight(config: TrainConfig | Mapping[str, Any]) -> None:
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(config)
     spec, recipe, _ = _resolve(cfg, resolve_device(cfg.device))
-    check_data(cfg.data, recipe, spec.img_size)
+    check_data(cfg.data, recipe, spec.img_size, split=cfg.data_split)
 
 
 def _resolve(cfg: TrainConfig, device: str) -> tuple[ModelSpec, Recipe, int]:
@@ -220,6 +221,11 @@ def model_spec(cfg: TrainConfig) -> ModelSpec:
     from .architecture import VARIANTS, Architecture
     from .ramp import load_ramp, resolve_ramp
 
+    if cfg.supernet is not None:
+        from .supernet import SupernetSpec
+
+        supernet = SupernetSpec.from_dict(cfg.supernet)
+        return ModelSpec(cfg.img_size or supernet.img_size, supernet=supernet)
     if cfg.baseline is not None:
         from .baselines import BaselineSpec
 
@@ -237,6 +243,8 @@ def _description(spec: ModelSpec) -> dict[str, Any]:
     """What identifies the model in a checkpoint."""
     if spec.vit is not None:
         return {"baseline": dataclasses.asdict(spec.vit)}
+    if spec.supernet is not None:
+        return {"supernet": spec.supernet.to_dict()}
     return {"architecture": spec.architecture.to_dict(), "ramp": list(spec.ramp.ratios)}
 
 
@@ -276,24 +284,28 @@ class _Trainer:
     """The model and everything that updates it: optimizer, lr schedule, EMA, mixup and loss."""
 
     def __init__(self, spec: ModelSpec, recipe: Recipe, num_classes: int, steps: int, epochs: int,
-                 proc: _Process) -> None:
+                 proc: _Process, seed: int) -> None:
         from timm.data import Mixup
         from timm.loss import SoftTargetCrossEntropy
         from timm.optim import create_optimizer_v2
         from timm.scheduler import create_scheduler_v2
         from timm.utils import ModelEmaV3
 
-        self.recipe, self.proc, self.steps = recipe, proc, steps
+        self.recipe, self.proc, self.steps, self.seed = recipe, proc, steps, seed
         self.net = build_model(spec, num_classes, recipe.drop_path).to(proc.device)
+        self.supernet = is_supernet(self.net)  # trained by the sandwich rule (rampsearch.supernet)
         if recipe.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.ema = ModelEmaV3(self.net, decay=recipe.ema_decay) if recipe.ema_decay else None
         self.model: nn.Module = self.net  # what the training step calls: maybe DDP-wrapped and compiled
         if proc.world > 1:
             on_gpu = proc.device.type == "cuda"
-            self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=[proc.device.index] if on_gpu
-                                                             else None)
-        if recipe.compile:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.net, device_ids=[proc.device.index] if on_gpu else None,
+                find_unused_parameters=self.supernet)  # a sub-network leaves dropped blocks unused
+        if recipe.compile and self.supernet:  # every sub-network has other shapes: it would recompile each step
+            log.info("compile: not applied to a supernet")
+        elif recipe.compile:
             self.model = torch.compile(self.model)
         self.optimizer = create_optimizer_v2(self.net, opt=recipe.opt, lr=recipe.lr,
                                              weight_decay=recipe.weight_decay, eps=recipe.opt_eps,
@@ -328,10 +340,8 @@ class _Trainer:
                 images = images.contiguous(memory_format=torch.channels_last)
             if self.mixup:
                 images, target = self.mixup(images, target)
-            with torch.autocast(device.type, dtype=self.amp, enabled=self.amp is not None):
-                loss = self.criterion(self.model(images), target)
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = self._backward(images, target, (self.seed, epoch, step))
             if recipe.clip_grad:
                 nn.utils.clip_grad_norm_(self.net.parameters(), recipe.clip_grad)
             self.optimizer.step()
@@ -339,7 +349,7 @@ class _Trainer:
             self.scheduler.step_update(num_updates=updates)
             if self.ema:
                 self.ema.update(self.net, step=updates)
-            loss_sum += loss.detach()  # no .item(): a GPU would wait for every step
+            loss_sum += loss  # no .item(): a GPU would wait for every step
             bar.update(1)
             img_s = (step + 1) * recipe.batch_size / (time.perf_counter() - started)
             bar.set_postfix_str(f"{img_s:.0f} img/s")
@@ -353,6 +363,18 @@ class _Trainer:
             for module in (self.net, self.ema.module) if self.ema else (self.net,):
                 distribute_bn(module, self.proc.world, reduce=True)  # average BatchNorm running stats
         return loss_sum.item() / (self.steps * self.proc.world), seconds, lr
+
+    def _backward(self, images: torch.Tensor, target: torch.Tensor, key: tuple[int, int, int]) -> torch.Tensor:
+        """This step's gradients (not yet applied); returns its detached loss. A supernet trains the
+        sandwich of sub-networks `key` (seed, epoch, step) picks."""
+        autocast = lambda: torch.autocast(self.proc.device.type, dtype=self.amp,  # noqa: E731
+                                          enabled=self.amp is not None)
+        if self.supernet:
+            return sandwich_backward(self.model, self.net, images, target, self.criterion, autocast, key)
+        with autocast():
+            loss = self.criterion(self.model(images), target)
+        loss.backward()
+        return loss.detach()
 
     def evaluate(self, loader: DataLoader) -> dict[str, float]:
         metrics = _evaluate(self.net, loader, self.proc, self.amp, self.recipe.channels_last)
@@ -388,12 +410,14 @@ def _fit(cfg: TrainConfig, proc: _Process, on_epoch: OnEpoch | None) -> TrainRes
             return finished
     resumed = load_checkpoint(out) if out and cfg.resume else None
 
-    data = build_datasets(cfg.data, recipe, spec.img_size)
+    data = build_datasets(cfg.data, recipe, spec.img_size, split=cfg.data_split)
     generator = torch.Generator()
     train_loader, sampler, val_loader = _loaders(data, recipe, proc, seed, generator)
     steps = len(train_loader)
     _reseed(seed, 0)  # the same initial weights on every process
-    trainer = _Trainer(spec, recipe, data.num_classes, steps, epochs, proc)
+    trainer = _Trainer(spec, recipe, data.num_classes, steps, epochs, proc, seed)
+    if cfg.init and not resumed:
+        load_weights(cfg.init, trainer.net)  # inherited weights (a resumed run has its own)
     history: list[dict[str, float]] = []
     start_epoch, earlier_seconds = 0, 0.0
     if resumed:
@@ -454,6 +478,11 @@ def _fit(cfg: TrainConfig, proc: _Process, on_epoch: OnEpoch | None) -> TrainRes
         if not cfg.keep_checkpoints:
             drop_checkpoint(out)  # the run is complete: model.safetensors and result.json are what is kept
     return result
+
+
+def evaluate(model: nn.Module, loader: DataLoader | list, device: str | torch.device = "cpu") -> dict[str, float]:
+    """Loss, top-1 and top-5 (percent) of `model` over `loader`'s (images, target) batches, fp32, one process."""
+    return _evaluate(model, loader, _Process(0, 1, torch.device(device), False), None, False)
 
 
 @torch.no_grad()

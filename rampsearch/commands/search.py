@@ -33,6 +33,12 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="ray: CPUs per trial (default 1)")
     parser.add_argument("--gpus-per-trial", type=float, default=0.0,
                         help="ray: GPUs per trial; fractions such as 0.25 pack several trials on one GPU")
+    parser.add_argument("--method", choices=["train", "one-shot"],
+                        help="how candidates are scored (default: the space's `method`, else train): train: a short "
+                             "proxy training each; one-shot: on a weight-sharing supernet trained once")
+    parser.add_argument("--supernet", metavar="DIR",
+                        help="one-shot: a supernet trained for this space by `rampsearch supernet` (default: train "
+                             "one in RUN_DIR/supernet first)")
     add_device_arg(parser)
     add_set_arg(parser, "the proxy trainings (over the space's proxy.overrides)")
     add_keep_checkpoints_arg(parser)
@@ -65,7 +71,7 @@ def options_from_args(args: argparse.Namespace) -> tuple[SearchOptions, Path]:
                             study=args.study or space.name, storage=args.storage, workers=args.workers,
                             address=args.address, cpus_per_trial=args.cpus_per_trial,
                             gpus_per_trial=args.gpus_per_trial, device=args.device, overrides=overrides,
-                            keep_checkpoints=args.keep_checkpoints)
+                            keep_checkpoints=args.keep_checkpoints, method=args.method, supernet=args.supernet)
     return options, Path(args.out or Path("runs") / space.name)
 
 

@@ -292,7 +292,7 @@ def top_trials(trials: pd.DataFrame, space, k: int = TOP_TRIALS) -> pd.DataFrame
 
 
 def _last_top1(trials: pd.DataFrame) -> pd.Series:
-    """Each trial's last reported validation top-1 (a pruned trial has no final value)."""
+    """Each trial's last reported proxy top-1 (on the search split) (a pruned trial has no final value)."""
     epochs = trials.filter(regex=r"^top1_e\d+$")
     epochs = epochs[sorted(epochs.columns, key=lambda c: int(c.rsplit("e", 1)[1]))]
     return epochs.ffill(axis=1).iloc[:, -1] if epochs.shape[1] else pd.Series(np.nan, index=trials.index)

@@ -10,6 +10,7 @@ progress)` returning the Optuna study that holds its trials; register it in BACK
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import shutil
@@ -29,7 +30,8 @@ from .options import SearchOptions
 from .progress import Progress, counts
 from .record import FAILED, INTERRUPTED, TrialRecord
 from .results import Standing, standing, write_outputs
-from .space import SearchSpace, check_budget, load_space
+from .one_shot import SUPERNET_DIR
+from .space import ONE_SHOT, SearchSpace, check_budget, load_space
 from .study import interrupted_numbers, search_metadata
 from .trial import candidate_spec, train_config
 
@@ -78,24 +80,62 @@ def prepare_run_dir(space_file: Path, run_dir: Path, overrides: dict[str, Any]) 
         shutil.copyfile(space_file, copy)
 
 
-def write_metadata(run_dir: Path, options: SearchOptions, backend: str) -> None:
+def write_metadata(run_dir: Path, options: SearchOptions, backend: str, space: SearchSpace) -> None:
     import torch
 
     meta = search_metadata(run_dir)
     meta |= {"command": redact_command(sys.argv), "backend": backend, "study": options.study,
              "storage": redact(options.storage) or "study.journal",
              "storage_kind": "rdb" if options.storage else "journal",
-             "set": options.overrides, "python": platform.python_version(), "torch": torch.__version__,
+             "set": options.overrides, "method": options.method, "supernet": options.supernet,
+             "search_split": _search_split(space), "python": platform.python_version(), "torch": torch.__version__,
              "optuna": optuna.__version__, "platform": platform.platform()}
     meta.setdefault("started", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     (run_dir / "search.json").write_text(json.dumps(meta, indent=2))
 
 
 def preflight(space: SearchSpace, options: SearchOptions) -> None:
-    """Check, once before the first trial, what would make every trial fail: device, recipe, data, memory."""
+    """Check, once before the first trial, what would make every trial fail: device, recipe, data, memory
+    (and for one-shot, a --supernet folder that does not fit the space)."""
     from ..train import preflight as check_training
+    from .one_shot import check_supernet, supernet_config
 
-    check_training(train_config(space, candidate_spec(space, space.handset()), None, options.device))
+    if options.method != ONE_SHOT:
+        check_training(train_config(space, candidate_spec(space, space.handset()), None, options.device))
+    elif options.supernet is None:
+        check_training(supernet_config(space, None, options.device))
+    else:
+        check_supernet(Path(options.supernet), space)
+
+
+def _with_method(space: SearchSpace, options: SearchOptions) -> SearchOptions:
+    """`options` with its method resolved: --method, else the space's."""
+    method = options.method or space.method
+    if options.supernet is not None and method != ONE_SHOT:
+        raise UserError(f"--supernet is for the one-shot method; this search uses method {method!r} "
+                        "(add --method one-shot, or set method: one-shot in the space)")
+    return dataclasses.replace(options, method=method)
+
+
+def _ensure_supernet(space: SearchSpace, options: SearchOptions, run_dir: Path, show_progress: bool,
+                     log: Callable[[str], None]) -> None:
+    """Train the run's supernet (or resume it, or find it finished) unless --supernet named one."""
+    from .one_shot import train_supernet
+
+    if Path(options.supernet) != run_dir / SUPERNET_DIR:
+        return
+    log(f"supernet: training in {options.supernet} ({space.supernet_settings().epochs} epochs; a rerun resumes it)")
+    result = train_supernet(space, Path(options.supernet), options.device, quiet=not show_progress)
+    log(f"supernet: trained in {result.seconds:.0f}s; hand-set sub-network top-1 on the search split "
+        f"{result.final['top1']:.2f}%")
+
+
+def _search_split(space: SearchSpace) -> dict[str, Any]:
+    """The held-out share of the training data that scores candidates, and its seed (rampsearch.data)."""
+    from ..config import load_recipe
+
+    recipe = load_recipe(space.proxy.recipe, space.proxy.overrides, space.base.variant)
+    return {"share": recipe.search_split, "seed": recipe.split_seed}
 
 
 class SearchShortfall(RunFailed):
@@ -163,16 +203,22 @@ def run_search(space_file: str | Path, run_dir: str | Path, options: SearchOptio
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials.csv and our progress say what matters, no tracebacks
     space_file, run_dir = Path(space_file), Path(run_dir)
     space = load_space(space_file, options.overrides)
+    options = _with_method(space, options)
     low, high, warning = check_budget(space)
     preflight(space, options)
+    if options.method == ONE_SHOT and options.supernet is None:
+        options = dataclasses.replace(options, supernet=str(run_dir / SUPERNET_DIR))
     budget = f"budget {space.budget.gflops} GFLOPs" if space.budget.gflops else "no FLOPs budget"
     log(f"space {space.name}: candidates span {low / 1e9:.4g}-{high / 1e9:.4g} GFLOPs at {space.img_size}px; "
-        f"{budget}; {options.trials} trials of {space.proxy.epochs} proxy epochs")
+        f"{budget}; " + (f"{options.trials} candidates scored on a supernet" if options.method == ONE_SHOT
+                         else f"{options.trials} trials of {space.proxy.epochs} proxy epochs"))
     if warning:
         log(f"warning: {warning}")
     prepare_run_dir(space_file, run_dir, options.overrides)
-    write_metadata(run_dir, options, backend)
+    write_metadata(run_dir, options, backend, space)
     start = time.perf_counter()
+    if options.method == ONE_SHOT:
+        _ensure_supernet(space, options, run_dir, show_progress, log)
     progress = Progress(options.trials, enabled=show_progress)
     try:
         study = import_module(BACKENDS[backend]).run(space, space_file, run_dir, options, progress)

@@ -17,3 +17,5 @@ class SearchOptions:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     overrides: dict[str, Any] = field(default_factory=dict)  # --set: recipe keys over the space's proxy.overrides
     keep_checkpoints: bool = False  # keep each finished trial's resume state
+    method: str | None = None  # train | one-shot; None: the space's `method`
+    supernet: str | None = None  # one-shot: a trained supernet's folder; None: RUN_DIR/supernet, trained first

@@ -27,7 +27,7 @@ from .record import FAILED, INTERRUPTED, PRUNED, TrialRecord
 from .space import SearchSpace, load_space
 from .study import (MAX_OVER_BUDGET_PER_TRIAL, counted_trials, duplicate_of, mend, open_study,
                     worker_identity)
-from .trial import admitted, candidate_spec, run_trial, train_config, trial_folder
+from .trial import admitted, evaluate_candidate
 
 # How often the parent of --workers processes refreshes its progress line.
 WORKER_POLL_S = 2.0
@@ -66,10 +66,8 @@ def make_objective(space: SearchSpace, run_dir: Path, options: SearchOptions, se
                     TrialRecord(status=PRUNED, reason=reason).write(trial)
                     raise optuna.TrialPruned(reason)
 
-        config = train_config(space, candidate_spec(space, candidate), trial_folder(run_dir, folder_number),
-                              options.device, overrides=None, keep_checkpoints=options.keep_checkpoints)
         try:
-            result = run_trial(config, report)
+            result = evaluate_candidate(space, candidate, run_dir, folder_number, options, report)
         except (optuna.TrialPruned, RunFailed):  # RunFailed: the study's database is gone; nothing can be written
             raise
         except KeyboardInterrupt:  # Optuna marks the trial FAIL; the record says to retry it
@@ -80,7 +78,7 @@ def make_objective(space: SearchSpace, run_dir: Path, options: SearchOptions, se
             raise
         # the training's own per-epoch record: complete even when the trial resumed or its training
         # had finished before (a retry whose original died after training, before telling Optuna)
-        final = TrialRecord(duration_s=result["seconds"])
+        final = TrialRecord(duration_s=result["seconds"], method=options.method)
         for row in result["history"]:
             final = final.with_epoch(row["epoch"], row)
         final.write(trial)

@@ -30,7 +30,8 @@ INTERRUPTED = "interrupted"  # Ctrl-C, a killed process or a lost node (FAIL); r
 STATUSES = (OVER_BUDGET, DUPLICATE, PRUNED, FAILED, INTERRUPTED)
 
 HISTORY_METRICS = ("top1", "top5", "loss", "train_loss")  # what a trial's history keeps of each epoch
-PROXY_TRAINING = "proxy-training"  # how a trial's value was measured: a short standalone training
+# How a trial's value was measured (the space's `method`): a short standalone training, or on a supernet.
+TRAIN, ONE_SHOT = "train", "one-shot"
 
 
 class HasAttrs(Protocol):
@@ -54,7 +55,7 @@ class TrialRecord:
     status: str | None = None  # one of STATUSES, or None for a trial that trained to the end
     reason: str | None = None  # the status in words ("gflops over budget by 0.001", "MemoryError: ...")
     seed: int | None = None  # training seed
-    method: str = PROXY_TRAINING
+    method: str = TRAIN
     history: tuple[dict[str, float], ...] = ()  # per-epoch metrics, epoch 1 first
     retry_of: int | None = None  # number of the interrupted trial this one retries
     folder: int | None = None  # trials/NNNN the training writes to (a retry reuses its original's)
@@ -148,5 +149,5 @@ def _to_json(value: Any) -> Any:
     return value
 
 
-__all__ = ["DUPLICATE", "FAILED", "HISTORY_METRICS", "INTERRUPTED", "OVER_BUDGET", "PROXY_TRAINING", "PRUNED",
+__all__ = ["DUPLICATE", "FAILED", "HISTORY_METRICS", "INTERRUPTED", "OVER_BUDGET", "ONE_SHOT", "PRUNED", "TRAIN",
            "STATUSES", "TrialRecord", "optuna_retry_of"]

@@ -15,15 +15,21 @@ from typing import Any
 from ..architecture import Architecture, ArchitectureError
 from ..errors import UserError, read_yaml_mapping
 from ..flops import flops_model
-from ..ramp import RampSchedule
+from ..ramp import RampSchedule, allowed_high_heads
 from .parameterizations import PARAMETERIZATIONS, Knots, Parameterization
-from .record import OVER_BUDGET, TrialRecord
+from .record import ONE_SHOT, OVER_BUDGET, TRAIN, TrialRecord
 
 SAMPLERS = ("tpe", "nsga2", "gp", "cmaes", "random")
 PRUNERS = ("median", "hyperband", "none")
 OBJECTIVES = {"accuracy": "maximize", "flops": "minimize", "params": "minimize"}
 TOP_KEYS = {"name", "architecture", "img_size", "ramp", "search_architecture", "budget", "objectives",
-            "proxy", "search", "retrain"}
+            "method", "proxy", "supernet", "search", "retrain"}
+# How a candidate is scored: a short standalone training (`proxy:`), or on a weight-sharing supernet
+# trained once for the whole space (`supernet:`, rampsearch.supernet).
+METHODS = (TRAIN, ONE_SHOT)
+# Where retraining starts: random weights, or those a supernet's sub-network inherits.
+SCRATCH, SUPERNET = "scratch", "supernet"
+INITS = (SCRATCH, SUPERNET)
 
 
 class SpaceError(UserError):
@@ -128,6 +134,22 @@ class ProxySettings:
 
 
 @dataclass(frozen=True)
+class SupernetSettings:
+    """How the supernet of `method: one-shot` is trained and how it scores (`supernet:` in the space).
+
+    It trains with the proxy's data, recipe and overrides, on the training data minus the search split,
+    and scores each candidate on the first `score_images` images of the search split, after
+    re-estimating the BatchNorm statistics of the sub-network on `bn_images` training images.
+    """
+
+    epochs: int  # resolved once: the space's supernet.epochs, else the proxy's epochs
+    random_ramps: int = 2  # sampled sub-networks per step, besides the most-conv and most-attention ones
+    distill: bool = False  # in-place distillation from the larger extreme
+    score_images: int = 512
+    bn_images: int = 256
+
+
+@dataclass(frozen=True)
 class SearchSettings:
     """How the sampler runs (`search:` in the space)."""
 
@@ -142,6 +164,13 @@ class RetrainSettings:
     """How the best schedules are retrained (`retrain:` in the space; command-line flags win)."""
 
     top: int = 1
+    # Finalists: the best `rescore` (None: 3 x top) searched schedules are re-scored before the top
+    # `top` are kept, against the winner's curse of a best-of-N pick (rampsearch.search.finalists):
+    # method train: `rescore_seeds` more proxy trainings each, ranked by the mean over all seeds;
+    # method one-shot: on the whole search split instead of its first score_images.
+    rescore: int | None = None
+    rescore_seeds: int = 2
+    init: str = SCRATCH  # scratch | supernet (fine-tune the sub-networks the supernet extracts)
     seeds: int = 3
     recipe: str = "paper"
     epochs: int | None = None  # None: the recipe's
@@ -165,6 +194,24 @@ class SearchSpace:
     search: SearchSettings
     retrain: RetrainSettings = RetrainSettings()
     source: str = ""
+    method: str = TRAIN
+    supernet: SupernetSettings | None = None  # None: the defaults, resolved against the proxy
+
+    def supernet_settings(self) -> SupernetSettings:
+        return self.supernet or SupernetSettings(epochs=self.proxy.epochs)
+
+    def supernet_spec(self) -> Any:
+        """The rampsearch.supernet.SupernetSpec of this space (its shape, and how a step samples it)."""
+        from ..supernet import SupernetSpec
+
+        choices, settings = self.arch_choices or ArchChoices(), self.supernet_settings()
+        if choices.embed_dims:
+            raise SpaceError(f"{self.source}: search_architecture.embed_dims: a supernet cannot share weights "
+                             "across widths (rampsearch/supernet.py says why); use method: train, or search "
+                             "depths, mlp_ratio and pool_sizes only")
+        return SupernetSpec(self.base, self.img_size, self.ratio_range, self.parameterization.name,
+                            getattr(self.parameterization, "count", 4), choices.depths, choices.mlp_ratio,
+                            choices.pool_sizes, settings.random_ramps, settings.distill)
 
     @property
     def directions(self) -> list[str]:
@@ -216,11 +263,8 @@ class SearchSpace:
             for arch, pick in ((shallow, min), (deep, max)):
                 model = flops_model(arch, self.img_size, self.budget.num_classes)
                 heads = []
-                for width, row in zip(arch.block_widths, model.rows):
-                    units = width // arch.head_dim
-                    allowed = [k for k in range(units + 1)
-                               if low - 0.5 / units <= k / units <= high + 0.5 / units] or [round(low * units)]
-                    heads.append(pick(allowed, key=lambda k, row=row: row[k]))
+                for units, row in zip(arch.block_units, model.rows):
+                    heads.append(pick(allowed_high_heads(units, low, high), key=lambda k, row=row: row[k]))
                 value = model.of_heads(heads)
                 if pick is min:
                     lowest = value if lowest is None else min(lowest, value)
@@ -364,15 +408,33 @@ def _search_settings(data: Any, source: str, multi_objective: bool) -> SearchSet
 
 def parse_retrain_settings(data: Any, source: str) -> RetrainSettings:
     """A `retrain:` mapping as settings; errors name `source` and the key."""
-    retrain = _mapping(data, source, "retrain", {"top", "seeds", "recipe", "epochs", "overrides"})
-    for key in ("top", "seeds", "epochs"):
-        if key in retrain:
+    retrain = _mapping(data, source, "retrain", {"top", "seeds", "recipe", "epochs", "overrides", "rescore",
+                                                 "rescore_seeds", "init"})
+    for key in ("top", "seeds", "epochs", "rescore"):
+        if retrain.get(key) is not None:
             _integer(retrain[key], source, f"retrain.{key}")
+    if "rescore_seeds" in retrain:
+        _integer(retrain["rescore_seeds"], source, "retrain.rescore_seeds", minimum=0)
+    if retrain.get("init", "scratch") not in INITS:
+        raise _err(source, "retrain.init", f"expected one of {list(INITS)}, got {retrain['init']!r}")
+    if retrain.get("rescore") is not None and retrain["rescore"] < retrain.get("top", 1):
+        raise _err(source, "retrain.rescore", f"re-scores the best {retrain['rescore']} schedules, fewer than the "
+                                              f"{retrain.get('top', 1)} retrained (retrain.top); raise it")
     if not isinstance(retrain.get("recipe", ""), str):
         raise _err(source, "retrain.recipe", f"expected a recipe name or file, got {retrain['recipe']!r}")
     if not isinstance(retrain.get("overrides", {}), dict):
         raise _err(source, "retrain.overrides", "expected a mapping of recipe keys to values")
     return RetrainSettings(**retrain)
+
+
+def _supernet_settings(data: Any, source: str, proxy: ProxySettings) -> SupernetSettings:
+    supernet = _mapping(data, source, "supernet", {"epochs", "random_ramps", "distill", "score_images", "bn_images"})
+    for key, minimum in (("epochs", 1), ("random_ramps", 0), ("score_images", 1), ("bn_images", 0)):
+        if key in supernet:
+            _integer(supernet[key], source, f"supernet.{key}", minimum)
+    if not isinstance(supernet.get("distill", False), bool):
+        raise _err(source, "supernet.distill", f"expected true or false, got {supernet['distill']!r}")
+    return SupernetSettings(**{"epochs": proxy.epochs, **supernet})
 
 
 def parse_space(data: Any, source: str = "<space>", default_name: str = "search",
@@ -418,13 +480,21 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "search"
         raise _err(source, "objectives", f"expected a list containing 'accuracy' and optionally "
                                          f"'flops'/'params', got {objectives!r}")
 
-    return SearchSpace(
+    method = data.get("method", TRAIN)
+    if method not in METHODS:
+        raise _err(source, "method", f"{method!r} is not one of {list(METHODS)}")
+    proxy = _proxy_settings(data.get("proxy"), source, base, overrides)
+    space = SearchSpace(
         name=str(data.get("name", default_name)), base=base, img_size=img_size, parameterization=parameterization,
         ratio_range=(float(ratio_range[0]), float(ratio_range[1])),
         arch_choices=_arch_choices(data.get("search_architecture"), base, source), budget=budget,
-        objectives=tuple(objectives), proxy=_proxy_settings(data.get("proxy"), source, base, overrides),
+        objectives=tuple(objectives), proxy=proxy,
         search=_search_settings(data.get("search"), source, len(objectives) > 1),
-        retrain=parse_retrain_settings(data.get("retrain"), source), source=source)
+        retrain=parse_retrain_settings(data.get("retrain"), source), source=source, method=method,
+        supernet=_supernet_settings(data.get("supernet"), source, proxy))
+    if method == ONE_SHOT:
+        space.supernet_spec()  # a space a supernet cannot share weights over fails here, naming the key
+    return space
 
 
 def check_budget(space: SearchSpace) -> tuple[int, int, str | None]:

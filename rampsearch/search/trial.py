@@ -1,4 +1,5 @@
-"""One search trial: a candidate's proxy training through the one training function, `train.fit`.
+"""One search trial: a candidate's proxy training through the one training function, `train.fit`, or
+(method one-shot) its score on the space's supernet (rampsearch.search.one_shot).
 
 Backends differ only in how they report per-epoch metrics (Optuna: trial.report + pruning,
 Ray: tune.report + ASHA); they pass that as `report(epoch, metrics)`, which may raise to stop.
@@ -8,8 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from ..config import SEARCH
 from ..model_spec import ModelSpec
-from .space import Candidate, SearchSpace
+from .space import ONE_SHOT, Candidate, SearchSpace
 
 Report = Callable[[int, dict[str, float]], None]
 
@@ -36,9 +38,14 @@ def candidate_spec(space: SearchSpace, candidate: Candidate) -> ModelSpec:
 def train_config(space: SearchSpace, spec: ModelSpec, out_dir: Path | None, device: str | None = None,
                  epochs: int | None = None, recipe: str | None = None, seed: int | None = None,
                  overrides: dict[str, Any] | None = None, quiet: bool = True,
-                 keep_checkpoints: bool = False) -> dict[str, Any]:
+                 keep_checkpoints: bool = False, data_split: str = SEARCH, init: Path | None = None) -> dict[str, Any]:
     """The `train.fit` config that trains `spec` with the space's proxy settings, unless given; it writes
-    to `out_dir` (None: nowhere)."""
+    to `out_dir` (None: nowhere).
+
+    `data_split`: SEARCH (search trials) trains on the training data minus its search split and scores
+    the candidate on that split, never on val; FINAL (retraining) trains on all training data and reports
+    val (rampsearch.data). `init`: a weights file to start from instead of random weights.
+    """
     proxy = space.proxy
     config: dict[str, Any] = {
         "img_size": spec.img_size,
@@ -50,14 +57,32 @@ def train_config(space: SearchSpace, spec: ModelSpec, out_dir: Path | None, devi
         "out": str(out_dir) if out_dir else None,
         "quiet": quiet,
         "keep_checkpoints": keep_checkpoints,
+        "data_split": data_split,
+        "init": str(init) if init else None,
     }
     if spec.vit is not None:
         config["baseline"] = spec.to_dict()["vit"]
+    elif spec.supernet is not None:
+        config["supernet"] = spec.supernet.to_dict()
     else:
         config.update(architecture=spec.architecture.to_dict(), ramp=list(spec.ramp.ratios))
     if device:
         config["device"] = device
     return config
+
+
+def evaluate_candidate(space: SearchSpace, candidate: Candidate, run_dir: Path, folder: int, options: Any,
+                       report: Report) -> dict[str, Any]:
+    """Score a candidate by the run's method (`options`: resolved SearchOptions): one-shot on the supernet,
+    else a proxy training in its trial folder. Returns the final metrics, `history` and `seconds`."""
+    if options.method == ONE_SHOT:
+        from ..train import resolve_device
+        from .one_shot import score_candidate
+
+        return score_candidate(space, Path(options.supernet), candidate, resolve_device(options.device))
+    config = train_config(space, candidate_spec(space, candidate), trial_folder(run_dir, folder), options.device,
+                          keep_checkpoints=options.keep_checkpoints)
+    return run_trial(config, report)
 
 
 def run_trial(config: dict[str, Any], report: Report) -> dict[str, Any]:

@@ -1,0 +1,159 @@
+"""The one-shot method: train a space's supernet once, then score each candidate on it in a second.
+
+The supernet (rampsearch.supernet) trains through `train.fit` like any model, on the training data
+minus the search split; a search keeps it in RUN_DIR/supernet/ unless `--supernet DIR` names one
+trained earlier for the same space. A candidate's score is the top-1 of the sub-network extracted
+from it (the very model that would be deployed), after re-estimating its BatchNorm statistics on
+`bn_images` training images, over the first `score_images` images of the search split: the same
+fixed images for every candidate, so scores are paired.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import RESULT, read_json
+from ..config import SEARCH, load_recipe
+from ..data import SYNTHETIC
+from ..model_spec import ModelSpec
+from ..supernet import RampSupernet, Subnet, SupernetError, SupernetSpec
+from .space import Candidate, SearchSpace
+from .trial import train_config
+
+SUPERNET_DIR = "supernet"  # in the run directory
+# Recipe keys that decide which images the supernet trained on: a supernet trained under other values
+# may have seen the search split it would now be scored on.
+DATA_KEYS = ("data_classes", "data_fraction", "val_split", "split_seed", "search_split")
+
+
+def supernet_config(space: SearchSpace, out: Path | None, device: str | None = None,
+                    quiet: bool = True) -> dict[str, Any]:
+    """The `train.fit` config of the space's supernet (proxy data and recipe, the search split held out)."""
+    spec = ModelSpec(space.img_size, supernet=space.supernet_spec())
+    return train_config(space, spec, out, device, epochs=space.supernet_settings().epochs, quiet=quiet,
+                        data_split=SEARCH)
+
+
+def train_supernet(space: SearchSpace, out: Path, device: str | None = None, quiet: bool = False):
+    """Train (or resume, or find finished) the space's supernet in `out`; returns the TrainResult."""
+    from ..train import fit
+
+    return fit(supernet_config(space, out, device, quiet))
+
+
+def check_supernet(folder: Path, space: SearchSpace) -> None:
+    """Refuse a supernet folder that is unfinished or was trained for another space or other data."""
+    if not (folder / RESULT).is_file():
+        raise SupernetError(f"--supernet {folder}: no finished supernet there ({RESULT} is missing); train one with "
+                            "`rampsearch supernet SPACE.yaml --out DIR`, or leave out --supernet")
+    trained = read_json(folder / "config.json", "supernet config")
+    wanted = space.supernet_spec()
+    if "supernet" not in trained:
+        raise SupernetError(f"--supernet {folder}: holds a trained model that is not a supernet")
+    differs = [f"supernet.{k}" for k, v in wanted.shape().items()
+               if SupernetSpec.from_dict(trained["supernet"]).shape().get(k) != v]
+    differs += [k for k in ("img_size",) if trained.get(k) != space.img_size]
+    ours = load_recipe(space.proxy.recipe, space.proxy.overrides, space.base.variant).to_dict()
+    differs += [f"recipe.{k}" for k in ours if (k in DATA_KEYS or k.startswith("synthetic_"))
+                and trained["recipe"].get(k) != ours[k]]
+    data = space.proxy.data if space.proxy.data == SYNTHETIC else str(Path(space.proxy.data).resolve())
+    if trained.get("data") != data:
+        differs.append("data")
+    if differs:
+        raise SupernetError(f"--supernet {folder} was trained for another space or data (differs in "
+                            f"{', '.join(differs)}); train one for this space with `rampsearch supernet`")
+
+
+def load_supernet(folder: Path, space: SearchSpace, device: str = "cpu") -> RampSupernet:
+    """The finished supernet in `folder`, checked against `space` (weights verified by their checksum)."""
+    from safetensors import safe_open
+
+    from ..checkpoint import load_weights
+    from ..train import MODEL_FILE
+
+    check_supernet(folder, space)
+    with safe_open(str(folder / MODEL_FILE), "pt") as f:
+        num_classes = f.get_slice("body.head.weight").get_shape()[0]
+    supernet = RampSupernet(space.supernet_spec(), num_classes)
+    load_weights(folder / MODEL_FILE, supernet)
+    return supernet.to(device).eval()
+
+
+def _batches(dataset, count: int, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The first `count` images of `dataset` as in-memory batches."""
+    items = [dataset[i] for i in range(min(count, len(dataset)))]
+    return [(torch.stack([x for x, _ in items[i:i + batch_size]]), torch.tensor([y for _, y in items[i:i + batch_size]]))
+            for i in range(0, len(items), batch_size)]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Re-estimate every BatchNorm's running statistics of `model` as the plain mean over `batches`.
+
+    A supernet's statistics mix every sub-network it trained; each extracted one needs its own.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not batches or not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches
+    model.train()
+    for images, _ in batches:
+        model(images)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+
+
+@dataclass
+class Scorer:
+    """A supernet with its fixed scoring and BatchNorm images, ready to score candidates."""
+
+    supernet: RampSupernet
+    score_batches: list[tuple[torch.Tensor, torch.Tensor]]
+    bn_batches: list[tuple[torch.Tensor, torch.Tensor]]
+    device: str
+
+    def score(self, candidate: Candidate) -> dict[str, Any]:
+        """Top-1, top-5 and loss of the candidate's sub-network on the scoring images, and the seconds taken."""
+        from ..train import evaluate
+
+        started = time.perf_counter()
+        model = self.supernet.extract(Subnet(candidate.arch, candidate.ramp))
+        recalibrate_batchnorm(model, self.bn_batches)
+        metrics = evaluate(model, self.score_batches, self.device)
+        return {**metrics, "seconds": time.perf_counter() - started}
+
+
+def make_scorer(space: SearchSpace, folder: Path, device: str = "cpu", score_images: int | None = None) -> Scorer:
+    """A Scorer for `space` with the supernet in `folder`; `score_images` (None: the space's) of the search split."""
+    from ..data import build_datasets
+
+    settings = space.supernet_settings()
+    supernet = load_supernet(folder, space, device)
+    recipe = load_recipe(space.proxy.recipe, space.proxy.overrides, space.base.variant)
+    data = build_datasets(space.proxy.data, recipe, space.img_size, split=SEARCH)
+    batch = recipe.eval_batch_size or recipe.batch_size
+    return Scorer(supernet, _batches(data.val, score_images or settings.score_images, batch),
+                  _batches(data.train, settings.bn_images, batch), device)
+
+
+_SCORERS: dict[tuple[str, str, str], Scorer] = {}  # one per process: loading data and weights takes seconds
+
+
+def score_candidate(space: SearchSpace, folder: Path, candidate: Candidate, device: str = "cpu") -> dict[str, Any]:
+    """Score `candidate` on the supernet in `folder` (kept loaded for this process's next candidates)."""
+    key = (str(Path(folder).resolve()), space.source, device)
+    if key not in _SCORERS:
+        _SCORERS.clear()
+        _SCORERS[key] = make_scorer(space, folder, device)
+    result = _SCORERS[key].score(candidate)
+    row = {"epoch": 1, **{k: result[k] for k in ("top1", "top5", "loss")}}
+    return {**row, "history": [row], "seconds": result["seconds"]}
