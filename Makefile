@@ -17,7 +17,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) cli.py run search_spaces/demo.yaml --out runs/demo
+	$(PY) cli.py run search_spaces/demo_one_shot.yaml --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

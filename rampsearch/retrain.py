@@ -21,16 +21,15 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from .architecture import Architecture
-from .checkpoint import RESULT, read_json
+from .checkpoint import RESULT, read_json, save_weights
 from .config import FINAL
 from .errors import UserError
 from .model_spec import ModelSpec, build_model
-from .ramp import RampSchedule
 from .redact import redact_command
-from .search.results import ranked_searched, standing
-from .search.space import RetrainSettings, SearchSpace, parse_retrain_settings
-from .search.study import load_run
+from .search.finalists import choose_finalists
+from .search.results import standing
+from .search.space import SCRATCH, SUPERNET, RetrainSettings, SearchSpace, parse_retrain_settings
+from .search.study import load_run, search_metadata
 from .search.trial import run_trial, train_config
 
 HANDSET = "handset"
@@ -38,6 +37,7 @@ HANDSET = "handset"
 THROUGHPUT_BATCH = 32
 THROUGHPUT_REPEATS = 5
 THROUGHPUT_CLASSES = 1000  # the paper's head, as FLOPs are counted
+INIT_FILE = "init.safetensors"  # a contender's inherited weights (--init supernet)
 
 
 @dataclass
@@ -53,6 +53,8 @@ class Contender:
     trial: int | None = None
     inference_img_s: float | None = None
     note: str = ""
+    chosen_by: str = ""  # how a searched schedule became a finalist (rampsearch.search.finalists)
+    init: str = SCRATCH  # scratch | supernet: the weights its retraining starts from
 
 
 @dataclass(frozen=True)
@@ -73,42 +75,61 @@ def retrain_settings(space: SearchSpace, **given: Any) -> RetrainSettings:
     return parse_retrain_settings(merged, "retraining options")
 
 
-def plan(run_dir: Path, settings_given: dict[str, Any], baselines: bool, storage: str | None = None) -> RetrainPlan:
-    """The hand-set ramp, the top-K distinct within-budget searched schedules, and optional ViT baselines."""
+def plan(run_dir: Path, settings_given: dict[str, Any], baselines: bool, storage: str | None = None,
+         device: str = "auto", log: Callable[[str], None] = print) -> RetrainPlan:
+    """The hand-set ramp, the top-K distinct within-budget searched schedules (re-scored first, see
+    rampsearch.search.finalists), and optional ViT baselines."""
     space, study = load_run(run_dir, storage)
     settings = retrain_settings(space, **settings_given)
-    searched = ranked_searched(study)
     result = standing(study)
-    if result.handset is None and not searched:
+    if result.handset is None and result.best is None:
         raise UserError(f"{run_dir}: the search has no complete trial yet; run or continue `rampsearch search`")
+    meta = search_metadata(run_dir)
+    method = meta.get("method") or space.method
+    if settings.init == SUPERNET and not meta.get("supernet"):
+        raise UserError(f"--init supernet: {run_dir} was searched with method {method!r} and has no supernet; use "
+                        "--init scratch, or search with --method one-shot")
     handset = space.handset()
+    init = settings.init
     contenders = [Contender(HANDSET, "ramp", handset.flops, handset.params,
                             ModelSpec.iformer(handset.arch, handset.ramp, space.img_size).to_dict(),
                             proxy_score=result.handset.values[0] if result.handset else None,
-                            trial=result.handset.number if result.handset else None)]
-    seen = {(json.dumps(handset.arch.to_dict(), sort_keys=True), handset.ramp.ratios)}
-    for trial, record in searched:
-        key = (json.dumps(record.architecture, sort_keys=True), record.ramp)
-        if key in seen:
-            continue
-        seen.add(key)
-        rank = len(contenders)
-        spec = ModelSpec.iformer(Architecture.from_dict(record.architecture), RampSchedule(record.ramp), space.img_size)
+                            trial=result.handset.number if result.handset else None,
+                            chosen_by="the hand-set ramp: the baseline", init=init)]
+    finalists = choose_finalists(run_dir, space, study, settings, method, meta.get("supernet"), device, log)
+    for rank, finalist in enumerate(finalists, start=1):
+        record = finalist.record
         contenders.append(Contender("best" if rank == 1 else f"top{rank}", "ramp", record.flops, record.params,
-                                    spec.to_dict(), proxy_score=trial.values[0], trial=trial.number))
-        if rank == settings.top:
-            break
+                                    finalist.spec(space).to_dict(), proxy_score=finalist.trial.values[0],
+                                    trial=finalist.trial.number, chosen_by=finalist.how, init=init))
     if baselines:
         from .baselines import baseline_models
 
         budget = space.budget.gflops or handset.flops / 1e9
         for vit in baseline_models(budget, space.img_size, space.budget.num_classes):
             contenders.append(Contender(vit.family, "vit", vit.flops, vit.params,
-                                        ModelSpec(vit.img_size, vit=vit).to_dict(), note=vit.note))
+                                        ModelSpec(vit.img_size, vit=vit).to_dict(), note=vit.note,
+                                        chosen_by="a ViT baseline at matched FLOPs"))
     search = {"handset_scored_higher": result.handset_scored_higher, "sentence": result.sentence(),
               "handset_proxy": result.handset.values[0] if result.handset else None,
-              "best_proxy": result.best.values[0] if result.best else None}
+              "best_proxy": result.best.values[0] if result.best else None, "method": method,
+              "supernet": meta.get("supernet")}
     return RetrainPlan(space, settings, contenders, search)
+
+
+def _inherit(retrain_plan: RetrainPlan, out: Path, device: str) -> None:
+    """Write each iFormer contender's weights as the search's supernet passes them on (out/NAME/INIT_FILE)."""
+    from .search.one_shot import load_supernet
+    from .supernet import Subnet
+    from .train import resolve_device
+
+    supernet = load_supernet(Path(retrain_plan.search["supernet"]), retrain_plan.space, resolve_device(device))
+    for contender in retrain_plan.contenders:
+        if contender.init == SUPERNET:
+            spec = ModelSpec.from_dict(contender.spec)
+            (out / contender.name).mkdir(exist_ok=True)
+            save_weights(out / contender.name / INIT_FILE,
+                         supernet.extract(Subnet(spec.architecture, spec.ramp)).state_dict())
 
 
 def inference_throughput(spec: ModelSpec) -> float:
@@ -139,25 +160,30 @@ def _earlier_throughput(plan_file: Path) -> dict[str, float]:
 def run_retrain(run_dir: str | Path, top: int | None = None, seeds: int | None = None, recipe: str | None = None,
                 epochs: int | None = None, baselines: bool = False, device: str = "auto",
                 storage: str | None = None, overrides: dict[str, Any] | None = None,
-                keep_checkpoints: bool = False, log: Callable[[str], None] = print) -> pd.DataFrame:
+                keep_checkpoints: bool = False, init: str | None = None,
+                log: Callable[[str], None] = print) -> pd.DataFrame:
     """Train every contender with every seed (resuming unfinished runs); return retrain/results.csv's rows."""
     from .train import preflight
 
     run_dir = Path(run_dir)
     retrain_plan = plan(run_dir, {"top": top, "seeds": seeds, "recipe": recipe, "epochs": epochs,
-                                  "overrides": overrides}, baselines, storage)
+                                  "overrides": overrides, "init": init}, baselines, storage, device, log)
     space, settings = retrain_plan.space, retrain_plan.settings
+    out = run_dir / "retrain"
 
     def config(contender: Contender, seed: int) -> dict[str, Any]:
-        return train_config(space, ModelSpec.from_dict(contender.spec), run_dir / "retrain" / contender.name /
-                            f"seed{seed}", device, epochs=settings.epochs, recipe=settings.recipe, seed=seed,
+        inherited = out / contender.name / INIT_FILE if contender.init == SUPERNET else None
+        return train_config(space, ModelSpec.from_dict(contender.spec), out / contender.name / f"seed{seed}",
+                            device, epochs=settings.epochs, recipe=settings.recipe, seed=seed,
                             overrides=settings.overrides, keep_checkpoints=keep_checkpoints,
-                            data_split=FINAL)  # retraining reports val; search trials scored on the search split
+                            data_split=FINAL,  # retraining reports val; search trials scored on the search split
+                            init=inherited)
 
     for contender in retrain_plan.contenders:  # every model, before anything trains
         preflight(config(contender, 0))
-    out = run_dir / "retrain"
     out.mkdir(exist_ok=True)
+    if settings.init == SUPERNET:
+        _inherit(retrain_plan, out, device)
     if retrain_plan.search["sentence"]:
         log(f"note: {retrain_plan.search['sentence']}")
     measured = _earlier_throughput(out / "plan.json")

@@ -1,6 +1,8 @@
 """A weight-sharing iFormer supernet: one set of weights that runs every ramp of a search space.
 
-Convention (weight sharing by slicing, so a channel or head keeps its identity across ramps):
+Convention (weight sharing by slicing, so an attention head and a conv-branch channel keep their
+identity across ramps; the pool branch reads the second half of the C_h channels, as in iFormer, so
+its inputs move with C_h):
 
 - Each block stores the largest high-frequency mixer and the largest low-frequency mixer its
   space can ask for (`max_high`, `max_low` channels; see `block_ranges`). A sub-network with C_h
@@ -115,6 +117,7 @@ class SupernetSpec:
         data = self.to_dict()
         for key in ("random_ramps", "distill", "parameterization", "knots"):
             data.pop(key)
+        data["architecture"].pop("variant", None)  # nano and its depths/widths written out are one architecture
         return data
 
     # -- sub-networks ----------------------------------------------------------------------------

@@ -206,7 +206,7 @@ def _reseed(*keys: int) -> None:
     torch.manual_seed(int(state[1]) % 2**63)
 
 
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "off":
         return None
     supported = (torch.cuda.is_bf16_supported() if device.type == "cuda"
@@ -320,7 +320,7 @@ class _Trainer:
                            label_smoothing=recipe.smoothing, num_classes=num_classes) if mixing else None
         self.criterion = (SoftTargetCrossEntropy() if mixing
                           else nn.CrossEntropyLoss(label_smoothing=recipe.smoothing))
-        self.amp = _amp_dtype(recipe.amp, proc.device)
+        self.amp = amp_dtype(recipe.amp, proc.device)
 
     def train_epoch(self, loader: DataLoader, epoch: int, bar, plain_log: bool) -> tuple[float, float, float]:
         """One pass over `loader`; (mean training loss over all processes, seconds, last lr used).
@@ -480,9 +480,12 @@ def _fit(cfg: TrainConfig, proc: _Process, on_epoch: OnEpoch | None) -> TrainRes
     return result
 
 
-def evaluate(model: nn.Module, loader: DataLoader | list, device: str | torch.device = "cpu") -> dict[str, float]:
-    """Loss, top-1 and top-5 (percent) of `model` over `loader`'s (images, target) batches, fp32, one process."""
-    return _evaluate(model, loader, _Process(0, 1, torch.device(device), False), None, False)
+def evaluate(model: nn.Module, loader: DataLoader | list, device: str | torch.device = "cpu",
+             amp: str = "off") -> dict[str, float]:
+    """Loss, top-1 and top-5 (percent) of `model` over `loader`'s (images, target) batches on one process;
+    `amp` as the recipe key (auto: bf16 where supported)."""
+    device = torch.device(device)
+    return _evaluate(model, loader, _Process(0, 1, device, False), amp_dtype(amp, device), False)
 
 
 @torch.no_grad()

@@ -17,6 +17,10 @@ def add_retrain_args(parser: argparse.ArgumentParser) -> None:
                              "gives no test of the difference")
     parser.add_argument("--recipe", help="paper | proxy | a recipe YAML (default: retrain.recipe, else paper)")
     parser.add_argument("--epochs", type=positive_int, help="epochs (default: retrain.epochs, else the recipe's)")
+    parser.add_argument("--init", choices=["scratch", "supernet"],
+                        help="scratch: random initial weights, the fair verdict (default: retrain.init, else "
+                             "scratch); supernet: fine-tune each schedule (the hand-set ramp too) from the weights "
+                             "the one-shot search's supernet passes on, as Once-for-All does")
     parser.add_argument("--baselines", action="store_true",
                         help="also train DeiT-style ViT, CrossViT and T2T-ViT at FLOPs matched to the budget")
 
@@ -40,7 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     frame = run_retrain(args.run_dir, args.top, args.seeds, args.recipe, args.epochs, args.baselines, args.device,
-                        args.storage, parse_set(args.overrides), args.keep_checkpoints, log=logger(args))
+                        args.storage, parse_set(args.overrides), args.keep_checkpoints, args.init, log=logger(args))
     summary = frame.groupby("name", sort=False)["top1"].agg(["mean", "std", "count"]).reset_index()
     if args.json:
         print_json({"runs": frame.to_dict(orient="records"), "summary": summary.to_dict(orient="records")})

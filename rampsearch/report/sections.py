@@ -39,6 +39,8 @@ from ..config import load_recipe  # noqa: E402
 from ..model_spec import ModelSpec  # noqa: E402
 from ..ramp import RampSchedule  # noqa: E402
 from ..redact import redact  # noqa: E402
+from ..search.record import ONE_SHOT  # noqa: E402
+from ..search.space import SUPERNET  # noqa: E402
 from .spectra import retrain_recipe, trained_profiles  # noqa: E402
 from .stats import Comparison, compare, kendall_tau, mean_std  # noqa: E402
 
@@ -186,13 +188,38 @@ def summary_section(doc, data) -> str:
     doc.table(frame.drop(columns=[top1]), "summary", views=[accuracy, cost])
     doc.paragraph(
         f"{top1} is the last-epoch validation accuracy of the {name.long}, mean ± std over seeds (with one seed, "
-        "the score alone); search top-1 is the proxy training's score in the search. The difference to the "
+        f"the score alone); search top-1 is {_search_score_words(data)}. The difference to the "
         "hand-set ramp has a 95% confidence interval and a t-test over seeds, named as run: paired t when both "
         "schedules ran the same seeds, Welch t otherwise; with one seed, or when every seed differs by the same "
         "amount, there is no test. img/s is the inference throughput measured once when retraining (fp32, eval "
         f"mode, median of repeats). FLOPs are fvcore multiply-adds at {data.space.img_size}px with a "
         f"{data.space.budget.num_classes}-class head.")
+    _finalists_paragraph(doc, data)
     return verdict
+
+
+def _search_score_words(data) -> str:
+    """What a search score is, by the search's method."""
+    if (data.plan.get("search") or {}).get("method") == ONE_SHOT:
+        return "the schedule's score on the search's weight-sharing supernet (one training for every candidate)"
+    return "the proxy training's score in the search"
+
+
+def _finalists_paragraph(doc, data) -> None:
+    """How each retrained schedule was chosen, and which weights its retraining started from."""
+    contenders = data.plan["contenders"]
+    chosen = "; ".join(f"{c['name']}: {c['chosen_by']}" for c in contenders if c.get("chosen_by"))
+    inherited = [c["name"] for c in contenders if c.get("init") == SUPERNET]
+    start = (f"Retraining fine-tuned the weights the search's supernet passes on to {', '.join(inherited)} "
+             "(--init supernet), so the comparison shows inherited weights, not training from scratch."
+             if inherited else "Every schedule was retrained from scratch (random initial weights).")
+    search = data.plan.get("search") or {}
+    method = search.get("method")
+    where = (f"Candidates were scored by {'one-shot supernet scoring' if method == ONE_SHOT else 'proxy training'} "
+             "on a held-out search split of the training data, never on the validation set reported here. "
+             if method else "")
+    doc.paragraph(f"{where}How each schedule was chosen: {chosen or 'not recorded (an older retraining plan)'}. "
+                  f"{start}")
 
 
 def _search_caveat(data) -> str:
@@ -425,7 +452,9 @@ def proxy_fidelity_section(doc, data) -> None:
         doc.paragraph("Fewer than two retrained schedules have a search score: no ranking to compare.")
         return
     tau, p = kendall_tau(frame["search top-1"], frame[retrained])
-    between = f"Kendall τ between the search's proxy scores and the {name.long} over {len(frame)} schedules"
+    one_shot = (data.plan.get("search") or {}).get("method") == ONE_SHOT
+    scores = "the supernet's scores" if one_shot else "the search's proxy scores"
+    between = f"Kendall τ between {scores} and the {name.long} (standalone trainings) over {len(frame)} schedules"
     if math.isnan(tau):
         doc.paragraph(f"{between}: undefined, as every schedule has the same score in one of the two.")
     else:

@@ -5,10 +5,11 @@ minus the search split; a search keeps it in RUN_DIR/supernet/ unless `--superne
 trained earlier for the same space. A candidate's score is the top-1 of the sub-network extracted
 from it (the very model that would be deployed), after re-estimating its BatchNorm statistics on
 `bn_images` training images, over the first `score_images` images of the search split: the same
-fixed images for every candidate, so scores are paired.
+fixed images for every candidate, so scores are paired. Scoring runs in the recipe's precision (`amp`).
 """
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,15 +121,18 @@ class Scorer:
     score_batches: list[tuple[torch.Tensor, torch.Tensor]]
     bn_batches: list[tuple[torch.Tensor, torch.Tensor]]
     device: str
+    amp: str  # the recipe's: scoring runs in the precision the supernet trained in
 
     def score(self, candidate: Candidate) -> dict[str, Any]:
         """Top-1, top-5 and loss of the candidate's sub-network on the scoring images, and the seconds taken."""
-        from ..train import evaluate
+        from ..train import amp_dtype, evaluate
 
         started = time.perf_counter()
         model = self.supernet.extract(Subnet(candidate.arch, candidate.ramp))
-        recalibrate_batchnorm(model, self.bn_batches)
-        metrics = evaluate(model, self.score_batches, self.device)
+        dtype = amp_dtype(self.amp, torch.device(self.device))
+        with torch.autocast(torch.device(self.device).type, dtype=dtype, enabled=dtype is not None):
+            recalibrate_batchnorm(model, self.bn_batches)
+        metrics = evaluate(model, self.score_batches, self.device, self.amp)
         return {**metrics, "seconds": time.perf_counter() - started}
 
 
@@ -141,8 +145,14 @@ def make_scorer(space: SearchSpace, folder: Path, device: str = "cpu", score_ima
     recipe = load_recipe(space.proxy.recipe, space.proxy.overrides, space.base.variant)
     data = build_datasets(space.proxy.data, recipe, space.img_size, split=SEARCH)
     batch = recipe.eval_batch_size or recipe.batch_size
-    return Scorer(supernet, _batches(data.val, score_images or settings.score_images, batch),
-                  _batches(data.train, settings.bn_images, batch), device)
+    with torch.random.fork_rng(devices=[]):  # image-folder training transforms are random: the same images everywhere
+        state = random.getstate()
+        random.seed(recipe.seed)
+        torch.manual_seed(recipe.seed)
+        bn_batches = _batches(data.train, settings.bn_images, batch)
+        random.setstate(state)
+    return Scorer(supernet, _batches(data.val, score_images or settings.score_images, batch), bn_batches, device,
+                  recipe.amp)
 
 
 _SCORERS: dict[tuple[str, str, str], Scorer] = {}  # one per process: loading data and weights takes seconds

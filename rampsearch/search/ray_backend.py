@@ -77,11 +77,11 @@ from ..errors import UserError
 from ..ramp import RampSchedule
 from .options import SearchOptions
 from .progress import Progress
-from .record import FAILED, INTERRUPTED, PRUNED, TrialRecord
+from .record import FAILED, INTERRUPTED, ONE_SHOT, PRUNED, TrialRecord
 from .space import SearchSpace
 from .study import (MAX_OVER_BUDGET_PER_TRIAL, counted_trials, duplicate_of, fail_trial, make_pruner, make_sampler,
                     open_storage, open_study, retry_interrupted, trial_by_number)
-from .trial import admitted, candidate_spec, run_trial, train_config, trial_folder
+from .trial import admitted, evaluate_candidate, trial_folder
 
 METRICS = {"accuracy": ("top1", "max"), "flops": ("gflops", "min"), "params": ("mparams", "min")}
 
@@ -252,8 +252,8 @@ class RampOptunaSearch(OptunaSearch):
     Tune calls right after, fails them with the error as the reason.
     """
 
-    def __init__(self, *args: Any, max_epochs: int, sampler_seed: int, **kwargs: Any) -> None:
-        self.max_epochs, self.sampler_seed = max_epochs, sampler_seed
+    def __init__(self, *args: Any, max_epochs: int, sampler_seed: int, method: str, **kwargs: Any) -> None:
+        self.max_epochs, self.sampler_seed, self.method = max_epochs, sampler_seed, method
         super().__init__(*args, **kwargs)
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
@@ -295,8 +295,8 @@ class RampOptunaSearch(OptunaSearch):
             if config["admitted"]:  # else its record says over_budget
                 earlier = duplicate_of(_optuna_study(self), ot_trial)
                 if earlier is None:
-                    TrialRecord(folder=ot_trial.number, ray_trial_id=trial_id,
-                                sampler_seed=self.sampler_seed).write(ot_trial)
+                    TrialRecord(folder=ot_trial.number, ray_trial_id=trial_id, sampler_seed=self.sampler_seed,
+                                method=self.method).write(ot_trial)
                     return {**config, "number": ot_trial.number}
                 TrialRecord.duplicate(earlier).write(ot_trial)
             _reject(self, trial_id)
@@ -403,9 +403,10 @@ def _staged_checkpoint(folder: Path) -> Iterator[tune.Checkpoint]:
         yield tune.Checkpoint.from_directory(staging)
 
 
-def _trainable(config: dict[str, Any], space: SearchSpace, run_dir: str, device: str, threads: int,
-               keep_checkpoints: bool, finished: frozenset[int]) -> None:
-    """Train one trial, reporting each epoch to Tune with its checkpoint, the last once training is done.
+def _trainable(config: dict[str, Any], space: SearchSpace, run_dir: str, options: SearchOptions, threads: int,
+               finished: frozenset[int]) -> None:
+    """Train one trial, reporting each epoch to Tune with its checkpoint, the last once training is done
+    (one-shot: score it on the shared supernet and report that once).
 
     Tune ends a trial as soon as it has its last epoch (ASHA stops it at max_t), so that epoch is
     reported only after training has written its result and dropped its checkpoint; a finished
@@ -425,6 +426,10 @@ def _trainable(config: dict[str, Any], space: SearchSpace, run_dir: str, device:
     _align_with_tune(folder)
     constants = {"gflops": candidate.flops / 1e9, "mparams": candidate.params / 1e6}
     last: dict[str, float] = {}
+    if options.method == ONE_SHOT:  # the supernet's folder is on a disk every worker reads
+        result = evaluate_candidate(space, candidate, Path(run_dir), config["number"], options, report=None)
+        tune.report({**result["history"][-1], **constants})
+        return
 
     def report(epoch: int, metrics: dict[str, float]) -> None:
         if epoch == space.proxy.epochs:
@@ -433,8 +438,7 @@ def _trainable(config: dict[str, Any], space: SearchSpace, run_dir: str, device:
         with _staged_checkpoint(folder) as checkpoint:
             tune.report({**metrics, **constants, "epoch": epoch}, checkpoint=checkpoint)
 
-    run_trial(train_config(space, candidate_spec(space, candidate), folder, device,
-                           keep_checkpoints=keep_checkpoints), report)
+    evaluate_candidate(space, candidate, Path(run_dir), config["number"], options, report)
     if last:  # empty when Tune had the last epoch already (training returned its stored result)
         tune.report(last)
 
@@ -496,10 +500,11 @@ class HandsetSparingASHA(ASHAScheduler):
         return TrialScheduler.CONTINUE if trial.config["handset"] else decision
 
 
-def _scheduler(space: SearchSpace) -> TrialScheduler:
+def _scheduler(space: SearchSpace, method: str) -> TrialScheduler:
     """Tune stops trials early only where the embedded backend prunes: ASHA for the median and
-    Hyperband pruners; nothing for `pruner: none` or several objectives (Optuna cannot prune those)."""
-    if isinstance(make_pruner(space), optuna.pruners.NopPruner):
+    Hyperband pruners; nothing for `pruner: none`, several objectives (Optuna cannot prune those) or
+    one-shot scoring (one step)."""
+    if isinstance(make_pruner(space), optuna.pruners.NopPruner) or method == ONE_SHOT:
         return FIFOScheduler()
     return HandsetSparingASHA(time_attr="training_iteration", metric="top1", mode="max", max_t=space.proxy.epochs,
                               grace_period=ASHA_GRACE_EPOCHS, reduction_factor=ASHA_REDUCTION_FACTOR)
@@ -568,8 +573,8 @@ def _searcher(space: SearchSpace, run_dir: Path, options: SearchOptions, seed: i
     return RampOptunaSearch(
         space=DefineByRun(space), metric=list(metric) if space.multi_objective else metric[0],
         mode=list(mode) if space.multi_objective else mode[0], sampler=make_sampler(space, seed),
-        study_name=options.study, storage=open_storage(run_dir, None), max_epochs=space.proxy.epochs,
-        sampler_seed=seed)
+        study_name=options.study, storage=open_storage(run_dir, None),
+        max_epochs=1 if options.method == ONE_SHOT else space.proxy.epochs, sampler_seed=seed, method=options.method)
 
 
 def _new_tuner(study: optuna.Study, space: SearchSpace, run_dir: Path, options: SearchOptions, trainable: Any,
@@ -592,8 +597,10 @@ def _new_tuner(study: optuna.Study, space: SearchSpace, run_dir: Path, options: 
         return None
     return tune.Tuner(
         trainable,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(space), num_samples=missing,
-                                    reuse_actors=False, trial_dirname_creator=_trial_dirname),
+        # one-shot: a worker keeps its loaded supernet and scoring images for its next candidates
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=_scheduler(space, options.method),
+                                    num_samples=missing, reuse_actors=options.method == ONE_SHOT,
+                                    trial_dirname_creator=_trial_dirname),
         run_config=tune.RunConfig(name=options.study, storage_path=str(run_dir / "ray"), verbose=0,
                                   callbacks=[callback], checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
                                   failure_config=tune.FailureConfig(max_failures=MAX_FAILURES)))
@@ -621,9 +628,8 @@ def run(space: SearchSpace, space_file: Path, run_dir: Path, options: SearchOpti
         study, seed = open_study(space, run_dir, options.study, None)
         finished = frozenset(t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished())
         trainable = tune.with_resources(
-            tune.with_parameters(_trainable, space=space, run_dir=str(run_dir), device=options.device,
-                                 threads=max(1, int(options.cpus_per_trial)),
-                                 keep_checkpoints=options.keep_checkpoints, finished=finished),
+            tune.with_parameters(_trainable, space=space, run_dir=str(run_dir), options=options,
+                                 threads=max(1, int(options.cpus_per_trial)), finished=finished),
             {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial})
         searcher = _searcher(space, run_dir, options, seed)
         callback = StudyCallback(study, progress, options.keep_checkpoints)

@@ -492,8 +492,15 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "search"
         search=_search_settings(data.get("search"), source, len(objectives) > 1),
         retrain=parse_retrain_settings(data.get("retrain"), source), source=source, method=method,
         supernet=_supernet_settings(data.get("supernet"), source, proxy))
-    if method == ONE_SHOT:
-        space.supernet_spec()  # a space a supernet cannot share weights over fails here, naming the key
+    if method == ONE_SHOT:  # a space a supernet cannot run fails here, naming the key
+        from ..ramp import RampError
+        from ..supernet import Subnet
+
+        try:
+            space.supernet_spec().check(Subnet(base, RampSchedule.handset(base)))
+        except RampError as exc:
+            raise _err(source, "ramp.range", f"the hand-set ramp, every search's first trial and the supernet's "
+                                             f"yardstick, is outside it: {exc}; widen the range") from None
     return space
 
 
