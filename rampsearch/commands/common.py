@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from typing import Any
@@ -44,6 +45,18 @@ def resolve_model_args(args: argparse.Namespace) -> tuple[Architecture, RampSche
 def print_json(data: Any) -> None:
     json.dump(data, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def print_training(result: Any, as_json: bool, what: str, out: str) -> None:
+    """A finished training's summary (a train.TrainResult), once under torchrun (rank 0), as JSON or one line."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    if as_json:
+        print_json(result.summary())
+        return
+    final = result.final
+    print(f"{what}top-1 {final['top1']:.2f}%  top-5 {final['top5']:.2f}%  loss {final['loss']:.4f}  ({result.epochs} "
+          f"epochs, {result.seconds:.1f} s, {result.params:,} params) -> {out}")
 
 
 # -- flags every command that trains shares, spelled and checked the same way -----------------------

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 
 from ..config import parse_set
 from ..errors import ensure_directory
-from .common import add_device_arg, add_output_args, add_set_arg, print_json
+from .common import add_device_arg, add_output_args, add_set_arg, print_training
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -44,11 +43,6 @@ def run(args: argparse.Namespace) -> int:
     preflight(supernet_config(space, None, args.device))
     ensure_directory(args.out, "--out")
     result = train_supernet(space, Path(args.out), args.device, quiet=args.quiet)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one report
-        return 0
-    if args.json:
-        print_json(result.summary())
-    else:
-        print(f"supernet of {space.name}: hand-set sub-network top-1 {result.final['top1']:.2f}% on the search split "
-              f"({result.epochs} epochs, {result.seconds:.1f} s, {result.params:,} params) -> {args.out}")
+    print_training(result, args.json, f"supernet of {space.name}, its hand-set sub-network on the search split: ",
+                   args.out)
     return 0

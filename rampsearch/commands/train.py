@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 
 from ..config import TrainConfig, parse_set
 from ..data import SYNTHETIC
 from ..errors import ensure_directory
 from .common import (add_device_arg, add_keep_checkpoints_arg, add_model_args, add_output_args, add_set_arg,
-                     nonnegative_int, positive_int, print_json, resolve_model_args)
+                     nonnegative_int, positive_int, print_training, resolve_model_args)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -56,12 +55,5 @@ def run(args: argparse.Namespace) -> int:
                          keep_checkpoints=args.keep_checkpoints)
     preflight(config)
     ensure_directory(args.out, "--out")
-    result = fit(config)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, one report
-        return 0
-    if args.json:
-        print_json(result.summary())
-    else:
-        print(f"top-1 {result.final['top1']:.2f}%  top-5 {result.final['top5']:.2f}%  loss {result.final['loss']:.4f}"
-              f"  ({result.epochs} epochs, {result.seconds:.1f} s, {result.params:,} params) -> {args.out}")
+    print_training(fit(config), args.json, "", args.out)
     return 0

@@ -404,10 +404,11 @@ def search_section(doc, data) -> None:
         doc.paragraph("No trials.csv in the run directory.")
         return
     counts = trials["state"].value_counts().rename_axis("state").reset_index(name="trials")
+    one_shot = (data.plan.get("search") or {}).get("method") == ONE_SHOT
     doc.table(counts, "trial_counts")
     doc.figure(history_figure(trials, data.space), "history",
-               "Proxy top-1 per trial. The best-so-far line steps up only at complete, within-budget trials; "
-               "over-budget candidates (never trained) and failed trials are marked along the bottom.")
+               f"{'Supernet score' if one_shot else 'Proxy top-1'} per trial, on the search split. The best-so-far "
+               "line steps up only at complete, within-budget trials; over-budget candidates (never trained) and failed trials are marked along the bottom.")
     doc.figure(pareto_figure(trials, data.space), "pareto",
                "Pareto front of proxy accuracy vs FLOPs over the complete, within-budget trials, with the budget "
                "line; over-budget candidates are marked along the bottom at their FLOPs.")

@@ -80,7 +80,7 @@ def choose_finalists(run_dir: Path, space: SearchSpace, study: optuna.Study, set
         return [Finalist(t, r, (t.values[0],), f"top {i + 1} by its search score (retrain.rescore_seeds: 0)")
                 for i, (t, r) in enumerate(pool[:top])]
     ranked = sorted(finalists, key=lambda f: (-f.score, f.trial.number))
-    return [Finalist(f.trial, f.record, f.scores, f"{f.how}; ranked {i + 1} of {len(pool)}")
+    return [Finalist(f.trial, f.record, f.scores, f"{f.how}: {f.score:.2f}%, ranked {i + 1} of {len(pool)}")
             for i, f in enumerate(ranked[:top])]
 
 
