@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from ..config import SEARCH
 from ..model_spec import ModelSpec
+from .options import SearchOptions
 from .space import ONE_SHOT, Candidate, SearchSpace
 
 Report = Callable[[int, dict[str, float]], None]
@@ -71,8 +72,8 @@ def train_config(space: SearchSpace, spec: ModelSpec, out_dir: Path | None, devi
     return config
 
 
-def evaluate_candidate(space: SearchSpace, candidate: Candidate, run_dir: Path, folder: int, options: Any,
-                       report: Report) -> dict[str, Any]:
+def evaluate_candidate(space: SearchSpace, candidate: Candidate, run_dir: Path, folder: int, options: SearchOptions,
+                       report: Report | None) -> dict[str, Any]:
     """Score a candidate by the run's method (`options`: resolved SearchOptions): one-shot on the supernet,
     else a proxy training in its trial folder. Returns the final metrics, `history` and `seconds`."""
     if options.method == ONE_SHOT:
