@@ -33,6 +33,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from rampsearch.errors import UserError
 from rampsearch.search import ray_backend
 from rampsearch.search.record import INTERRUPTED, TrialRecord
+from rampsearch.search.options import SearchOptions
 from rampsearch.search.space import SearchSpace, load_space, parse_space
 from rampsearch.search.study import counted_trials, open_storage, trial_by_number
 
@@ -343,8 +344,9 @@ def test_a_restored_searcher_resumes_what_tune_saved_and_retries_what_it_did_not
 @pytest.mark.faults
 def test_a_trial_that_finished_after_tunes_last_save_is_not_trained_again(tmp_path):
     # Tune resumes it from its checkpoint; the trainable returns before it touches Tune or training
-    assert ray_backend._trainable({"number": 3}, space=None, run_dir=str(tmp_path), device="cpu", threads=1,
-                                  keep_checkpoints=False, finished=frozenset({3})) is None
+    options = SearchOptions(trials=1, study="tiny", device="cpu", method="train")
+    assert ray_backend._trainable({"number": 3}, space=None, run_dir=str(tmp_path), options=options, threads=1,
+                                  finished=frozenset({3})) is None
     assert not list(tmp_path.iterdir())
 
 

@@ -26,7 +26,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 import pg  # tests/pg.py
 from rampsearch import cli
-from rampsearch.search import optuna_backend, rdb
+from rampsearch.search import rdb
+from rampsearch.search import trial as search_trial
 from rampsearch.search.rdb import DatabaseUnavailable, OutageTolerantStorage, transient_error
 from rampsearch.search.record import TrialRecord
 
@@ -164,13 +165,13 @@ def test_an_outage_longer_than_the_bound_fails_in_one_line_and_the_storage_recov
 def test_the_cli_stops_in_one_line_when_the_database_stays_away(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(rdb, "DB_OUTAGE_S", SHORT_BOUND_S)
     with pg.running_server() as server:
-        train = optuna_backend.run_trial
+        train = search_trial.run_trial
 
         def database_stops_as_training_starts(*args: Any, **kwargs: Any) -> Any:
             server.stop("fast")
             return train(*args, **kwargs)
 
-        monkeypatch.setattr(optuna_backend, "run_trial", database_stops_as_training_starts)
+        monkeypatch.setattr(search_trial, "run_trial", database_stops_as_training_starts)
         began = time.monotonic()
         with pytest.raises(SystemExit) as info:
             cli.main(["search", str(TINY), "--storage", server.url, "--study", STUDY, "--trials", "2",

@@ -77,7 +77,7 @@ from ..errors import UserError
 from ..ramp import RampSchedule
 from .options import SearchOptions
 from .progress import Progress
-from .record import FAILED, INTERRUPTED, ONE_SHOT, PRUNED, TrialRecord
+from .record import FAILED, INTERRUPTED, ONE_SHOT, PRUNED, TRAIN, TrialRecord
 from .space import SearchSpace
 from .study import (MAX_OVER_BUDGET_PER_TRIAL, counted_trials, duplicate_of, fail_trial, make_pruner, make_sampler,
                     open_storage, open_study, retry_interrupted, trial_by_number)
@@ -252,7 +252,7 @@ class RampOptunaSearch(OptunaSearch):
     Tune calls right after, fails them with the error as the reason.
     """
 
-    def __init__(self, *args: Any, max_epochs: int, sampler_seed: int, method: str, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_epochs: int, sampler_seed: int, method: str = TRAIN, **kwargs: Any) -> None:
         self.max_epochs, self.sampler_seed, self.method = max_epochs, sampler_seed, method
         super().__init__(*args, **kwargs)
 
@@ -500,7 +500,7 @@ class HandsetSparingASHA(ASHAScheduler):
         return TrialScheduler.CONTINUE if trial.config["handset"] else decision
 
 
-def _scheduler(space: SearchSpace, method: str) -> TrialScheduler:
+def _scheduler(space: SearchSpace, method: str = TRAIN) -> TrialScheduler:
     """Tune stops trials early only where the embedded backend prunes: ASHA for the median and
     Hyperband pruners; nothing for `pruner: none`, several objectives (Optuna cannot prune those) or
     one-shot scoring (one step)."""
