@@ -116,3 +116,17 @@ def test_cli_one_shot_flags_are_checked(space_file, tmp_path):
                              "--out", str(tmp_path / "run")], capture_output=True, text=True)
     assert result.returncode == 2 and "no finished supernet there" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_method_train_finalists_get_extra_proxy_seeds_and_are_ranked_by_their_mean(tmp_path):
+    run_dir = tmp_path / "run"
+    run_search(TINY, run_dir, SearchOptions(trials=3, study="tiny"), "optuna", show_progress=False,
+               log=lambda m: None)
+    run_retrain(run_dir, top=1, seeds=1, epochs=2, overrides=None, log=lambda m: None)
+    plan = json.loads((run_dir / "retrain" / "plan.json").read_text())
+    best = next(c for c in plan["contenders"] if c["name"] == "best")
+    searched = (pd.read_csv(run_dir / "trials.csv").query("state == 'COMPLETE' and not handset"))
+    assert len(searched) == 2  # the tiny space's seed gives two searched schedules to choose between
+    assert "mean proxy top-1 over 3 seeds" in best["chosen_by"]  # the search's seed and rescore_seeds: 2 more
+    rescored = sorted(p.parent.name for p in (run_dir / "rescore").glob("trial-*/seed*/result.json"))
+    assert len(rescored) == 2 * min(len(searched), 3 * 1)  # the best 3 K distinct, 2 more seeds each
