@@ -201,6 +201,11 @@ class Datasets:
     classes: list[str]
 
 
+def data_identity(source: str) -> str:
+    """How a run's identity names its data: 'synthetic-freq', or the folder's absolute path."""
+    return source if source == SYNTHETIC else str(Path(source).resolve())
+
+
 def build_datasets(source: str, recipe: Recipe, img_size: int, split: str = FINAL) -> Datasets:
     """Train and val datasets for `source`: 'synthetic-freq' or an image-folder path.
 

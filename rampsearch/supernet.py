@@ -47,6 +47,7 @@ from timm.layers import trunc_normal_
 
 from .architecture import Architecture
 from .errors import UserError
+from .flops import flops_model
 from .ramp import RampError, RampSchedule, allowed_high_heads
 
 # Sub-network templates (parameter-free modules) kept per process: a sandwich step builds a few.
@@ -275,6 +276,9 @@ class RampSupernet(nn.Module):
             blk.attn = SharedMixer(blk.norm1.normalized_shape[0], hi * hd, largest.block_widths[b] - lo * hd)
         self.default = Subnet(spec.architecture, RampSchedule.handset(spec.architecture))
         self._templates: OrderedDict[Subnet, nn.Module] = OrderedDict()
+        conv, attention = spec.extremes()  # every step's first two sub-networks, the teacher first
+        flops = flops_model(conv.arch, spec.img_size)
+        self._extremes = [conv, attention] if flops.of(conv.ramp) >= flops.of(attention.ramp) else [attention, conv]
 
     def _blocks(self) -> Iterator[nn.Module]:
         for s in range(len(self.spec.largest.depths)):
@@ -346,15 +350,8 @@ class RampSupernet(nn.Module):
     def sandwich(self, key: Sequence[int]) -> list[Subnet]:
         """This step's sub-networks: the teacher extreme first, the other extreme, then `random_ramps`
         drawn from a stream seeded by `key` (the same on every DDP process)."""
-        conv, attention = self.spec.extremes()
-        from .flops import flops_model
-
-        model = flops_model(conv.arch, self.spec.img_size)
-        if model.of(attention.ramp) > model.of(conv.ramp):
-            conv, attention = attention, conv
-        seed = int(np.random.SeedSequence(list(key)).generate_state(1)[0])
-        rng = random.Random(seed)
-        return [conv, attention] + [self.spec.sample(rng) for _ in range(self.spec.random_ramps)]
+        rng = random.Random(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
+        return self._extremes + [self.spec.sample(rng) for _ in range(self.spec.random_ramps)]
 
 
 def _stage_block(name: str) -> tuple[int, int, str] | None:

@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from .checkpoint import (RESULT, drop_checkpoint, file_digests, load_checkpoint, load_weights, read_json,
                          save_checkpoint, save_weights, write_json)
 from .config import ConfigError, Recipe, TrainConfig, check_epochs, load_recipe
-from .data import SYNTHETIC, SyntheticImages, build_datasets, check_data
+from .data import SyntheticImages, build_datasets, check_data, data_identity
 from .errors import UserError
 from .model_spec import ModelSpec, build_model
 from .supernet import is_supernet, sandwich_backward
@@ -538,7 +538,7 @@ def _identity(cfg: TrainConfig, recipe: Recipe, spec: ModelSpec, epochs: int, se
     """Everything that determines the trained weights; a checkpoint resumes only under the same."""
     run = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _RUNTIME_FIELDS}
     run.update(_description(spec), epochs=epochs, seed=seed, img_size=spec.img_size,
-               data=cfg.data if cfg.data == SYNTHETIC else str(Path(cfg.data).resolve()))
+               data=data_identity(cfg.data))
     run.pop("variant")  # the architecture says it
     return {**run, "recipe": {k: v for k, v in recipe.to_dict().items() if k not in _RUNTIME_RECIPE_KEYS}}
 

@@ -198,9 +198,14 @@ def summary_section(doc, data) -> str:
     return verdict
 
 
+def _one_shot(data) -> bool:
+    """Whether the search scored its candidates on a supernet."""
+    return (data.plan.get("search") or {}).get("method") == ONE_SHOT
+
+
 def _search_score_words(data) -> str:
     """What a search score is, by the search's method."""
-    if (data.plan.get("search") or {}).get("method") == ONE_SHOT:
+    if _one_shot(data):
         return "the schedule's score on the search's weight-sharing supernet (one training for every candidate)"
     return "the proxy training's score in the search"
 
@@ -404,7 +409,7 @@ def search_section(doc, data) -> None:
         doc.paragraph("No trials.csv in the run directory.")
         return
     counts = trials["state"].value_counts().rename_axis("state").reset_index(name="trials")
-    one_shot = (data.plan.get("search") or {}).get("method") == ONE_SHOT
+    one_shot = _one_shot(data)
     doc.table(counts, "trial_counts")
     doc.figure(history_figure(trials, data.space), "history",
                f"{'Supernet score' if one_shot else 'Proxy top-1'} per trial, on the search split. The best-so-far "
@@ -453,7 +458,7 @@ def proxy_fidelity_section(doc, data) -> None:
         doc.paragraph("Fewer than two retrained schedules have a search score: no ranking to compare.")
         return
     tau, p = kendall_tau(frame["search top-1"], frame[retrained])
-    one_shot = (data.plan.get("search") or {}).get("method") == ONE_SHOT
+    one_shot = _one_shot(data)
     scores = "the supernet's scores" if one_shot else "the search's proxy scores"
     between = f"Kendall τ between {scores} and the {name.long} (standalone trainings) over {len(frame)} schedules"
     if math.isnan(tau):

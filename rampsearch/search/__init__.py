@@ -124,7 +124,7 @@ def _ensure_supernet(space: SearchSpace, options: SearchOptions, run_dir: Path, 
 
     if Path(options.supernet) != run_dir / SUPERNET_DIR:
         return
-    log(f"supernet: training in {options.supernet} ({space.supernet_settings().epochs} epochs; a rerun resumes it)")
+    log(f"supernet: training in {options.supernet} ({space.supernet.epochs} epochs; a rerun resumes it)")
     result = train_supernet(space, Path(options.supernet), options.device, quiet=not show_progress)
     log(f"supernet: trained in {result.seconds:.0f}s; hand-set sub-network top-1 on the search split "
         f"{result.final['top1']:.2f}%")
@@ -132,9 +132,7 @@ def _ensure_supernet(space: SearchSpace, options: SearchOptions, run_dir: Path, 
 
 def _search_split(space: SearchSpace) -> dict[str, Any]:
     """The held-out share of the training data that scores candidates, and its seed (rampsearch.data)."""
-    from ..config import load_recipe
-
-    recipe = load_recipe(space.proxy.recipe, space.proxy.overrides, space.base.variant)
+    recipe = space.proxy_recipe()
     return {"share": recipe.search_split, "seed": recipe.split_seed}
 
 

@@ -46,8 +46,11 @@ class Finalist:
         return statistics.fmean(self.scores)
 
     def spec(self, space: SearchSpace) -> ModelSpec:
-        return ModelSpec.iformer(Architecture.from_dict(self.record.architecture), RampSchedule(self.record.ramp),
-                                 space.img_size)
+        return ModelSpec.iformer(*_model(self.record), space.img_size)
+
+
+def _model(record: TrialRecord) -> tuple[Architecture, RampSchedule]:
+    return Architecture.from_dict(record.architecture), RampSchedule(record.ramp)
 
 
 def _distinct(ranked: list[tuple[FrozenTrial, TrialRecord]], space: SearchSpace) -> list[tuple[FrozenTrial, TrialRecord]]:
@@ -89,8 +92,7 @@ def _rescore_by_seeds(pool: list[tuple[FrozenTrial, TrialRecord]], space: Search
     out = []
     for trial, record in pool:
         scores = [trial.values[0]]
-        spec = ModelSpec.iformer(Architecture.from_dict(record.architecture), RampSchedule(record.ramp),
-                                 space.img_size)
+        spec = ModelSpec.iformer(*_model(record), space.img_size)
         for extra in range(1, seeds + 1):
             seed = space.search.seed + extra
             folder = run_dir / RESCORE_DIR / f"trial-{trial.number:04d}" / f"seed{seed}"
@@ -104,19 +106,12 @@ def _rescore_by_seeds(pool: list[tuple[FrozenTrial, TrialRecord]], space: Search
 
 def _rescore_on_supernet(pool: list[tuple[FrozenTrial, TrialRecord]], space: SearchSpace, supernet: str | None,
                          device: str, log: Callable[[str], None]) -> list[Finalist]:
-    from ..data import build_datasets
-    from ..config import SEARCH, load_recipe
     from ..train import resolve_device
-    from .one_shot import make_scorer
+    from .one_shot import ALL_IMAGES, make_scorer
 
-    recipe = load_recipe(space.proxy.recipe, space.proxy.overrides, space.base.variant)
-    images = len(build_datasets(space.proxy.data, recipe, space.img_size, split=SEARCH).val)
-    if images <= space.supernet_settings().score_images:
-        return [Finalist(t, r, (t.values[0],), f"one of the best {len(pool)} searched; supernet score on all "
-                                               f"{images} search-split images") for t, r in pool]
-    log(f"re-scoring the best {len(pool)} searched schedules on all {images} search-split images")
-    scorer = make_scorer(space, Path(supernet), resolve_device(device), score_images=images)
-    return [Finalist(t, r, (scorer.score(space.candidate(Architecture.from_dict(r.architecture),
-                                                          RampSchedule(r.ramp)))["top1"],),
-                     f"one of the best {len(pool)} searched; supernet score on all {images} search-split images")
-            for t, r in pool]
+    scorer = make_scorer(space, Path(supernet), resolve_device(device), score_images=ALL_IMAGES)
+    how = f"one of the best {len(pool)} searched; supernet score on all {scorer.images} search-split images"
+    if scorer.images <= space.supernet.score_images:  # the search scored every candidate on all of them
+        return [Finalist(t, r, (t.values[0],), how) for t, r in pool]
+    log(f"re-scoring the best {len(pool)} searched schedules on all {scorer.images} search-split images")
+    return [Finalist(t, r, (scorer.score(space.candidate(*_model(r)))["top1"],), how) for t, r in pool]

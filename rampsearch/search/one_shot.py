@@ -10,6 +10,7 @@ fixed images for every candidate, so scores are paired. Scoring runs in the reci
 from __future__ import annotations
 
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,14 +20,15 @@ import torch
 from torch import nn
 
 from ..checkpoint import RESULT, read_json
-from ..config import SEARCH, load_recipe
-from ..data import SYNTHETIC
+from ..config import SEARCH
+from ..data import data_identity
 from ..model_spec import ModelSpec
 from ..supernet import RampSupernet, Subnet, SupernetError, SupernetSpec
 from .space import Candidate, SearchSpace
 from .trial import train_config
 
 SUPERNET_DIR = "supernet"  # in the run directory
+ALL_IMAGES = sys.maxsize  # `make_scorer(score_images=...)`: the whole search split
 # Recipe keys that decide which images the supernet trained on: a supernet trained under other values
 # may have seen the search split it would now be scored on.
 DATA_KEYS = ("data_classes", "data_fraction", "val_split", "split_seed", "search_split")
@@ -36,7 +38,7 @@ def supernet_config(space: SearchSpace, out: Path | None, device: str | None = N
                     quiet: bool = True) -> dict[str, Any]:
     """The `train.fit` config of the space's supernet (proxy data and recipe, the search split held out)."""
     spec = ModelSpec(space.img_size, supernet=space.supernet_spec())
-    return train_config(space, spec, out, device, epochs=space.supernet_settings().epochs, quiet=quiet,
+    return train_config(space, spec, out, device, epochs=space.supernet.epochs, quiet=quiet,
                         data_split=SEARCH)
 
 
@@ -59,11 +61,10 @@ def check_supernet(folder: Path, space: SearchSpace) -> None:
     differs = [f"supernet.{k}" for k, v in wanted.shape().items()
                if SupernetSpec.from_dict(trained["supernet"]).shape().get(k) != v]
     differs += [k for k in ("img_size",) if trained.get(k) != space.img_size]
-    ours = load_recipe(space.proxy.recipe, space.proxy.overrides, space.base.variant).to_dict()
+    ours = space.proxy_recipe().to_dict()
     differs += [f"recipe.{k}" for k in ours if (k in DATA_KEYS or k.startswith("synthetic_"))
                 and trained["recipe"].get(k) != ours[k]]
-    data = space.proxy.data if space.proxy.data == SYNTHETIC else str(Path(space.proxy.data).resolve())
-    if trained.get("data") != data:
+    if trained.get("data") != data_identity(space.proxy.data):
         differs.append("data")
     if differs:
         raise SupernetError(f"--supernet {folder} was trained for another space or data (differs in "
@@ -123,6 +124,11 @@ class Scorer:
     device: str
     amp: str  # the recipe's: scoring runs in the precision the supernet trained in
 
+    @property
+    def images(self) -> int:
+        """How many search-split images a score is over."""
+        return sum(len(target) for _, target in self.score_batches)
+
     def score(self, candidate: Candidate) -> dict[str, Any]:
         """Top-1, top-5 and loss of the candidate's sub-network on the scoring images, and the seconds taken."""
         from ..train import amp_dtype, evaluate
@@ -137,12 +143,13 @@ class Scorer:
 
 
 def make_scorer(space: SearchSpace, folder: Path, device: str = "cpu", score_images: int | None = None) -> Scorer:
-    """A Scorer for `space` with the supernet in `folder`; `score_images` (None: the space's) of the search split."""
+    """A Scorer for `space` with the supernet in `folder`, on the first `score_images` (None: the space's;
+    ALL_IMAGES: all) of the search split."""
     from ..data import build_datasets
 
-    settings = space.supernet_settings()
+    settings = space.supernet
     supernet = load_supernet(folder, space, device)
-    recipe = load_recipe(space.proxy.recipe, space.proxy.overrides, space.base.variant)
+    recipe = space.proxy_recipe()
     data = build_datasets(space.proxy.data, recipe, space.img_size, split=SEARCH)
     batch = recipe.eval_batch_size or recipe.batch_size
     with torch.random.fork_rng(devices=[]):  # image-folder training transforms are random: the same images everywhere

@@ -192,19 +192,22 @@ class SearchSpace:
     objectives: tuple[str, ...]
     proxy: ProxySettings
     search: SearchSettings
+    supernet: SupernetSettings  # used by method one-shot
     retrain: RetrainSettings = RetrainSettings()
     source: str = ""
     method: str = TRAIN
-    supernet: SupernetSettings | None = None  # None: the defaults, resolved against the proxy
 
-    def supernet_settings(self) -> SupernetSettings:
-        return self.supernet or SupernetSettings(epochs=self.proxy.epochs)
+    def proxy_recipe(self) -> Any:
+        """The rampsearch.config.Recipe of the proxy trainings (and of the supernet): recipe and overrides applied."""
+        from ..config import load_recipe
+
+        return load_recipe(self.proxy.recipe, self.proxy.overrides, self.base.variant)
 
     def supernet_spec(self) -> Any:
         """The rampsearch.supernet.SupernetSpec of this space (its shape, and how a step samples it)."""
         from ..supernet import SupernetSpec
 
-        choices, settings = self.arch_choices or ArchChoices(), self.supernet_settings()
+        choices, settings = self.arch_choices or ArchChoices(), self.supernet
         if choices.embed_dims:
             raise SpaceError(f"{self.source}: search_architecture.embed_dims: a supernet cannot share weights "
                              "across widths (rampsearch/supernet.py says why); use method: train, or search "
