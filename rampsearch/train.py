@@ -280,6 +280,18 @@ def _loaders(data, recipe: Recipe, proc: _Process, seed: int, generator: torch.G
 
 # -- training ------------------------------------------------------------------------------------------
 
+def _decay_groups(net: nn.Module, weight_decay: float) -> nn.Module | list[dict[str, Any]]:
+    """What the optimizer decays: for an iFormer, every parameter but the 1-D ones, position embeddings
+    included, as the official runs did (their `no_weight_decay` named parameters that do not exist,
+    reference §8.5; the model's own now names pos_embed1-4 for timm users, and training keeps the
+    official recipe); any other model by timm's rule (1-D parameters and its `no_weight_decay`)."""
+    from timm.optim import param_groups_weight_decay
+
+    from .models import InceptionTransformer
+
+    return param_groups_weight_decay(net, weight_decay) if isinstance(net, InceptionTransformer) else net
+
+
 class _Trainer:
     """The model and everything that updates it: optimizer, lr schedule, EMA, mixup and loss."""
 
@@ -307,8 +319,8 @@ class _Trainer:
             log.info("compile: not applied to a supernet")
         elif recipe.compile:
             self.model = torch.compile(self.model)
-        self.optimizer = create_optimizer_v2(self.net, opt=recipe.opt, lr=recipe.lr,
-                                             weight_decay=recipe.weight_decay, eps=recipe.opt_eps,
+        self.optimizer = create_optimizer_v2(_decay_groups(self.net, recipe.weight_decay), opt=recipe.opt,
+                                             lr=recipe.lr, weight_decay=recipe.weight_decay, eps=recipe.opt_eps,
                                              betas=tuple(recipe.opt_betas))
         self.scheduler, _ = create_scheduler_v2(
             self.optimizer, sched=recipe.sched, num_epochs=epochs - recipe.cooldown_epochs,

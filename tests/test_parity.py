@@ -86,12 +86,14 @@ def test_handset_ramp_per_stage_small():
     assert ramp.per_stage(arch)[3] == [32 / 384] * 3
 
 
-@pytest.mark.parametrize("name,img", [("inception_transformer_small", 224), ("inception_transformer_small_384", 384),
-                                      ("inception_transformer_nano", 64)])
-def test_timm_registry(name, img):
+@pytest.mark.parametrize("name,img,crop_pct", [("inception_transformer_small", 224, 0.9),
+                                               ("inception_transformer_small_384", 384, 1.0),  # the official 384 eval
+                                               ("inception_transformer_nano", 64, 0.9)])
+def test_timm_registry(name, img, crop_pct):
     model = timm.create_model(name)
     assert model.img_size == (img, img)
-    assert timm.data.resolve_model_data_config(model)["crop_pct"] == 0.9
+    config = timm.data.resolve_model_data_config(model)
+    assert config["crop_pct"] == crop_pct and config["input_size"] == (3, img, img)
 
 
 def test_timm_create_model_takes_a_ramp():

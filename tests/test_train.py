@@ -265,3 +265,18 @@ def test_a_finished_run_drops_its_resume_state_unless_asked_to_keep_it(tmp_path)
     called = []
     again = fit(tiny(tmp_path / "lean", epochs=1), on_epoch=lambda epoch, row: called.append(epoch))
     assert again.final == first.final and again.history == first.history and called == []
+
+
+def test_iformer_training_decays_the_position_embeddings_as_the_official_runs_did():
+    """The model names pos_embed1-4 in no_weight_decay (for timm users), and training still decays them."""
+    from rampsearch.models import build_iformer, build_t2t_vit
+    from rampsearch.train import _decay_groups
+
+    model = build_iformer("nano")
+    assert model.no_weight_decay() == {"pos_embed1", "pos_embed2", "pos_embed3", "pos_embed4"}
+    decayed = {id(p) for group in _decay_groups(model, 0.05) if group["weight_decay"] > 0 for p in group["params"]}
+    names = {name for name, p in model.named_parameters() if id(p) in decayed}
+    assert {"pos_embed1", "pos_embed4"} <= names
+    assert names == {name for name, p in model.named_parameters() if p.ndim > 1}  # 1-D ones are never decayed
+    vit = build_t2t_vit("t_7", img_size=32)
+    assert _decay_groups(vit, 0.05) is vit  # timm's rule: create_optimizer_v2 reads its no_weight_decay

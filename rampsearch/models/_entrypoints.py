@@ -1,15 +1,36 @@
-"""What the timm entrypoints of this package's model families share."""
+"""What the timm entrypoints of this package's model families share: resolving their pretrained cfg, and
+the two helpers timm's own families import from its private modules (reached here and nowhere else;
+tests/test_backbone.py exercises both through forward_intermediates and the local-dir export)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-# Keys timm.create_model passes to every entrypoint; no weights are hosted to use them with.
-TIMM_FACTORY_KEYS = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+from timm.layers import to_2tuple
+from timm.models import PretrainedCfg, resolve_pretrained_cfg
+from timm.models._features import feature_take_indices  # noqa: F401 - (indices, max index) of forward_intermediates
+from timm.models._input import update_model_args  # noqa: F401 - records reconstruction args for save_for_hf
+
+NO_WEIGHTS_HELP = (
+    "no {family} weights are hosted (nothing can be downloaded); give pretrained=True a source: "
+    "timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file='weights.pth')), "
+    "timm.create_model('local-dir:DIR', pretrained=True) for a timm.models.save_for_hf export, "
+    "or pretrained=False with checkpoint_path='weights.pth'")
 
 
-def model_kwargs(family: str, pretrained: bool, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The model's own keyword arguments from a timm entrypoint call."""
-    if pretrained:
-        raise ValueError(f"no {family} weights are hosted (nothing can be downloaded); build it with "
-                         "pretrained=False and pass checkpoint_path=... to timm.create_model")
-    return {k: v for k, v in kwargs.items() if k not in TIMM_FACTORY_KEYS}
+def entrypoint_cfg(name: str, family: str, pretrained: bool, kwargs: dict[str, Any]) -> PretrainedCfg:
+    """The pretrained cfg of entrypoint `name`, sized like the model it builds.
+
+    Pops `pretrained_cfg` / `pretrained_cfg_overlay` from the entrypoint's `kwargs` (timm's precedence:
+    registry < pretrained_cfg < overlay) and defaults `img_size` / `in_chans` in kwargs to the cfg's input_size.
+    The returned input_size describes the weights the model will hold: the model's spatial size (the
+    checkpoint filters resample position embeddings to it) and, when loading, the source's channel count
+    (timm adapts the first conv from it). pretrained=True without a weight source is an error.
+    """
+    cfg = resolve_pretrained_cfg(name, kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None))
+    if pretrained and not (cfg.has_weights or cfg.state_dict is not None):
+        raise ValueError(NO_WEIGHTS_HELP.format(family=family, name=name))
+    channels, *size = cfg.input_size
+    img_size = to_2tuple(kwargs.setdefault("img_size", tuple(size)))
+    in_chans = kwargs.setdefault("in_chans", channels)
+    return dataclasses.replace(cfg, input_size=(channels if pretrained else in_chans, *img_size))

@@ -17,26 +17,37 @@ alone (3136 tokens attend to 3136); without the attention it would be 4.35G.
 State_dict keys follow the official ones, except that the position embedding, a fixed function of
 the token count, is a non-persistent buffer (so it is not counted as a parameter and any img_size
 loads any checkpoint).
+
+timm: the `t2t_vit_t_*` entrypoints and `build_t2t_vit` build through `build_model_with_cfg` from
+plain constructor values (exported by `timm.models.save_for_hf`, reloaded with `local-dir:`), with a
+pretrained cfg per entrypoint (no weights are hosted: pretrained=True needs a file). Like timm's ViT,
+`forward_intermediates` / `features_only=True` give single-scale (stride 16) maps of any blocks,
+class token dropped. TorchScript and FX tracing (timm's helpers) work. The first learned layer works
+on 7x7 unfolded pixel patches (a LayerNorm and a linear, not a conv), so timm cannot adapt a
+checkpoint's input layer to another `in_chans`.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from timm.layers import Mlp, to_2tuple, trunc_normal_, use_fused_attn
-from timm.models import register_model
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import Mlp, get_device_dtype, to_2tuple, trunc_normal_, use_fused_attn
+from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 
-from ._entrypoints import model_kwargs
+from ._entrypoints import entrypoint_cfg, feature_take_indices, update_model_args
 
 __all__ = ["T2T_VIT_CONFIGS", "T2TViT", "T2TViTConfig", "build_t2t_vit", "t2t_grid"]
 
 TOKEN_DIM = 64  # width of the tokens inside the T2T module
 # (kernel, stride, padding) of the three soft splits
 SOFT_SPLITS = ((7, 4, 2), (3, 2, 1), (3, 2, 1))
+OUTPUT_STRIDE = 16  # 4 * 2 * 2: the token grid's stride
+GLOBAL_POOLS = ("token", "avg", "")  # class token, mean of the patch tokens, or none (all tokens)
 
 
 @dataclass(frozen=True)
@@ -59,14 +70,20 @@ def _split_out(size: int, kernel: int, stride: int, padding: int) -> int:
     return (size + 2 * padding - kernel) // stride + 1
 
 
-def t2t_grid(img_size: int | tuple[int, int]) -> list[tuple[int, int]]:
-    """Token grid (H, W) after each of the three soft splits; the last one is the ViT's."""
-    h, w = to_2tuple(img_size)
-    grids = []
-    for kernel, stride, padding in SOFT_SPLITS:
+@torch.fx.wrap  # shape arithmetic on the input's size: a leaf for every FX tracer, not traced through
+def _grids(h: int, w: int, splits: List[Tuple[int, int, int]]) -> List[Tuple[int, int]]:
+    """Token grid (H, W) of an h x w input after each (kernel, stride, padding) soft split."""
+    grids: List[Tuple[int, int]] = []
+    for kernel, stride, padding in splits:
         h, w = _split_out(h, kernel, stride, padding), _split_out(w, kernel, stride, padding)
         grids.append((h, w))
     return grids
+
+
+def t2t_grid(img_size: int | tuple[int, int]) -> list[tuple[int, int]]:
+    """Token grid (H, W) after each of the three soft splits; the last one is the ViT's."""
+    h, w = to_2tuple(img_size)
+    return _grids(h, w, list(SOFT_SPLITS))
 
 
 def sinusoid_position_embedding(num_positions: int, dim: int) -> torch.Tensor:
@@ -76,6 +93,14 @@ def sinusoid_position_embedding(num_positions: int, dim: int) -> torch.Tensor:
     angle = position * rate.to(torch.float64)
     table = torch.where(torch.arange(dim) % 2 == 0, angle.sin(), angle.cos())
     return table.float().unsqueeze(0)
+
+
+@torch.fx.wrap  # compares shapes: a leaf for every FX tracer, not traced through
+def add_pos_embed(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Tokens (B, N, C) plus the sinusoidal table, recomputed for N when the table has another length."""
+    if pos.shape[1] != x.shape[1]:
+        pos = sinusoid_position_embedding(x.shape[1], x.shape[2]).to(x)
+    return x + pos
 
 
 class TokenAttention(nn.Module):
@@ -128,14 +153,15 @@ class TokensToToken(nn.Module):
         self.attention1 = TokenTransformer(in_chans * k0 * k0, token_dim)
         self.attention2 = TokenTransformer(token_dim * k1 * k1, token_dim)
         self.project = nn.Linear(token_dim * k2 * k2, embed_dim)
+        self.splits: List[Tuple[int, int, int]] = list(SOFT_SPLITS)  # an attribute, so TorchScript can loop over it
 
     @staticmethod
-    def _restructure(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def _restructure(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
         """(B, N, C) tokens back to a (B, C, H, W) map for the next soft split."""
-        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *size)
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], size[0], size[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (h0, w0), (h1, w1), _ = t2t_grid(x.shape[-2:])
+        (h0, w0), (h1, w1), _ = _grids(x.shape[-2], x.shape[-1], self.splits)
         x = self.attention1(self.soft_split0(x).transpose(1, 2))
         x = self.attention2(self.soft_split1(self._restructure(x, (h0, w0))).transpose(1, 2))
         x = self.soft_split2(self._restructure(x, (h1, w1))).transpose(1, 2)
@@ -143,30 +169,50 @@ class TokensToToken(nn.Module):
 
 
 class T2TViT(nn.Module):
-    """Tokens-to-token embedding, class token, sinusoidal position embedding, ViT blocks, head."""
+    """Tokens-to-token embedding, class token, sinusoidal position embedding, ViT blocks, head.
 
-    def __init__(self, config: T2TViTConfig, img_size: int | tuple[int, int] = 224, in_chans: int = 3,
-                 num_classes: int = 1000, drop_path_rate: float = 0.0, token_dim: int = TOKEN_DIM) -> None:
+    Every argument is a plain value; `config` holds the four that define a T2T-ViT_t variant.
+    """
+
+    __jit_ignored_attributes__ = ["config"]  # a Python-only description, not used in forward
+
+    def __init__(self, embed_dim: int = 384, depth: int = 14, num_heads: int = 6, mlp_ratio: float = 3.0,
+                 img_size: Union[int, Tuple[int, int]] = 224, in_chans: int = 3, num_classes: int = 1000,
+                 global_pool: str = "token", drop_rate: float = 0.0, drop_path_rate: float = 0.0,
+                 token_dim: int = TOKEN_DIM) -> None:
         super().__init__()
-        self.config = config
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not a multiple of num_heads {num_heads}")
+        if min(t2t_grid(img_size)[-1]) < 1:
+            raise ValueError(f"img_size {img_size} is too small for three soft splits (output stride 16)")
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool {global_pool!r}: choose one of {GLOBAL_POOLS}")
+        self.config = T2TViTConfig(embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio)
         self.img_size = to_2tuple(img_size)
-        self.num_classes = num_classes
-        self.num_features = self.embed_dim = config.embed_dim
-        self.tokens_to_token = TokensToToken(in_chans, config.embed_dim, token_dim)
+        self.num_classes, self.in_chans, self.global_pool = num_classes, in_chans, global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.num_prefix_tokens = 1  # the class token
+        self.grad_checkpointing = False
+        self.tokens_to_token = TokensToToken(in_chans, embed_dim, token_dim)
         h, w = t2t_grid(self.img_size)[-1]
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.embed_dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         # fixed, not learned: a buffer, left out of state_dicts since it only depends on the token count
-        self.register_buffer("pos_embed", sinusoid_position_embedding(h * w + 1, config.embed_dim),
-                             persistent=False)
-        dpr = [drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
+        self.register_buffer("pos_embed", sinusoid_position_embedding(h * w + 1, embed_dim), persistent=False)
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.Sequential(*[
-            Block(config.embed_dim, config.num_heads, config.mlp_ratio, qkv_bias=False, drop_path=rate,
-                  norm_layer=nn.LayerNorm)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=False, drop_path=rate, norm_layer=nn.LayerNorm)
             for rate in dpr])
-        self.norm = nn.LayerNorm(config.embed_dim)
-        self.head = nn.Linear(config.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=OUTPUT_STRIDE)
+                             for i in range(depth)]
+        self.norm = nn.LayerNorm(embed_dim)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         trunc_normal_(self.cls_token, std=0.02)
         self.apply(self._init_weights)
+        # timm's reconstruction arguments (save_for_hf writes them to config.json)
+        update_model_args(self, embed_dim=embed_dim, depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio,
+                          img_size=list(self.img_size), in_chans=in_chans, num_classes=num_classes,
+                          global_pool=global_pool, token_dim=token_dim)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -176,34 +222,126 @@ class T2TViT(nn.Module):
                 nn.init.zeros_(m.bias)
 
     @torch.jit.ignore
-    def no_weight_decay(self) -> set[str]:
+    def no_weight_decay(self) -> Set[str]:
         return {"cls_token"}
 
-    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
-        pos = self.pos_embed
-        if pos.shape[1] != x.shape[1]:  # another input size: the same function of the new token count
-            pos = sinusoid_position_embedding(x.shape[1], x.shape[2]).to(x)
-        return x + pos
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Parameter groups by depth for layer-wise lr decay: the T2T module and class token, then each block."""
+        return dict(stem=r"^cls_token|^tokens_to_token", blocks=[(r"^blocks\.(\d+)", None), (r"^norm\.", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new head for `num_classes` (0: none); `global_pool` "token", "avg" or "" (no pooling) if given."""
+        if global_pool is not None:
+            if global_pool not in GLOBAL_POOLS:
+                raise ValueError(f"global_pool {global_pool!r}: choose one of {GLOBAL_POOLS}")
+            self.global_pool = global_pool
+        self.num_classes = num_classes
+        self.head = (nn.Linear(self.num_features, num_classes, **get_device_dtype(self)) if num_classes > 0
+                     else nn.Identity())
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, H, W) → tokens with the class token first and position embeddings added."""
+        x = self.tokens_to_token(x)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        return add_pos_embed(x, self.pos_embed)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False,
+                              ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """The outputs of the blocks in `indices` (int: the last n; None: all), and the final features.
+
+        Intermediates drop the class token and are NCHW maps of the stride-16 grid (or NLC tokens with
+        output_fmt="NLC"); `norm` applies the final norm to them; with `stop_early` the blocks after the
+        last one taken are not run. The final features are forward_features' (normalized, class token first).
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt {output_fmt!r}: choose NCHW or NLC")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        height, width = t2t_grid(x.shape[-2:])[-1]
+        x = self._embed(x)
+        blocks = self.blocks[:max_index + 1] if stop_early else self.blocks
+        intermediates = []
+        for i, block in enumerate(blocks):
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x = checkpoint(block, x)
+            else:
+                x = block(x)
+            if i in take_indices:
+                y = (self.norm(x) if norm else x)[:, self.num_prefix_tokens:]
+                intermediates.append(
+                    y.reshape(y.shape[0], height, width, -1).permute(0, 3, 1, 2).contiguous()
+                    if output_fmt == "NCHW" else y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Remove the blocks after the last of `indices` (and the final norm / head); returns the indices kept."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) → normalized tokens, class token first."""
-        x = self.tokens_to_token(x)
-        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
-        return self.norm(self.blocks(self._pos_embed(x)))
+        x = self._embed(x)
+        if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = x[:, 0]
+        if self.global_pool == "token":
+            x = x[:, 0]
+        elif self.global_pool == "avg":
+            x = x[:, self.num_prefix_tokens:].mean(dim=1)
+        x = self.head_drop(x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def get_classifier(self) -> nn.Module:
-        return self.head
 
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    """Pretrained cfg: the official evaluation transform; no weights are hosted."""
+    return {
+        "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 0.9,
+        "interpolation": "bicubic", "fixed_input_size": False, "mean": IMAGENET_DEFAULT_MEAN,
+        "std": IMAGENET_DEFAULT_STD, "first_conv": "tokens_to_token.attention1.attn.qkv", "classifier": "head",
+        "paper_name": "Tokens-to-Token ViT: Training Vision Transformers from Scratch on ImageNet",
+        "paper_ids": "arXiv:2101.11986", "origin_url": "https://github.com/yitu-opensource/T2T-ViT",
+        "license": "bsd-3-clause-clear", **kwargs,  # the official repository's (The Clear BSD License)
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "t2t_vit_t_7": _cfg(notes=("the official code defines the transformer T2T module for t-14/19/24 only",)),
+    "t2t_vit_t_10": _cfg(notes=("the official code defines the transformer T2T module for t-14/19/24 only",)),
+    "t2t_vit_t_12": _cfg(notes=("the official code defines the transformer T2T module for t-14/19/24 only",)),
+    "t2t_vit_t_14": _cfg(),
+})
+
+
+def _create_t2t(name: str, pretrained: bool = False, **kwargs: Any) -> T2TViT:
+    cfg = entrypoint_cfg(name, "T2T-ViT", pretrained, kwargs)
+    out_indices = kwargs.pop("out_indices", 3)  # the last three blocks, as timm's ViT
+    return build_model_with_cfg(T2TViT, name, pretrained, pretrained_cfg=cfg,
+                                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
 
 
 def build_t2t_vit(variant: str | None = None, *, embed_dim: int | None = None, depth: int | None = None,
@@ -212,7 +350,9 @@ def build_t2t_vit(variant: str | None = None, *, embed_dim: int | None = None, d
                   drop_path_rate: float = 0.0) -> T2TViT:
     """A T2T-ViT_t from a variant ("t_7", "t_10", "t_12", "t_14"), with any field overridden.
 
-    Without a variant all four of embed_dim, depth, num_heads and mlp_ratio must be given.
+    Without a variant all four of embed_dim, depth, num_heads and mlp_ratio must be given; such a
+    model is built through the entrypoint of the variant it equals, else `t2t_vit_t_7`'s (overridden
+    like any timm entrypoint's arguments).
     """
     overrides = {"embed_dim": embed_dim, "depth": depth, "num_heads": num_heads, "mlp_ratio": mlp_ratio}
     if variant is not None and variant not in T2T_VIT_CONFIGS:
@@ -223,42 +363,34 @@ def build_t2t_vit(variant: str | None = None, *, embed_dim: int | None = None, d
     if missing:
         raise ValueError(f"a T2T-ViT without a variant needs {missing}")
     config = T2TViTConfig(**fields)
-    if config.embed_dim % config.num_heads:
-        raise ValueError(f"embed_dim {config.embed_dim} is not a multiple of num_heads {config.num_heads}")
-    if min(t2t_grid(img_size)[-1]) < 1:
-        raise ValueError(f"img_size {img_size} is too small for three soft splits (output stride 16)")
-    model = T2TViT(config, img_size=img_size, in_chans=in_chans, num_classes=num_classes,
-                   drop_path_rate=drop_path_rate)
-    model.pretrained_cfg = _cfg(img_size, num_classes, in_chans)
-    return model
+    name = variant or next((v for v, c in T2T_VIT_CONFIGS.items() if c == config), "t_7")
+    return _create_t2t(f"t2t_vit_{name}", **fields, img_size=img_size, in_chans=in_chans,
+                       num_classes=num_classes, drop_path_rate=drop_path_rate)
 
 
-def _cfg(img_size: int | tuple[int, int], num_classes: int, in_chans: int) -> dict[str, Any]:
-    # The official evaluation transform; read by timm.data.resolve_model_data_config.
-    return {"input_size": (in_chans, *to_2tuple(img_size)), "num_classes": num_classes,
-            "crop_pct": 0.9, "interpolation": "bicubic", "mean": (0.485, 0.456, 0.406),
-            "std": (0.229, 0.224, 0.225), "classifier": "head"}
-
-
-def _create(variant: str, pretrained: bool, **kwargs: Any) -> T2TViT:
-    return build_t2t_vit(variant, **model_kwargs("T2T-ViT", pretrained, kwargs))
+def _variant_args(variant: str) -> Dict[str, Any]:
+    return asdict(T2T_VIT_CONFIGS[variant])
 
 
 @register_model
 def t2t_vit_t_7(pretrained: bool = False, **kwargs: Any) -> T2TViT:
-    return _create("t_7", pretrained, **kwargs)
+    """T2T-ViT_t-7: embed_dim 256, depth 7, 4 heads, MLP ratio 2 (T2T-ViT-7 behind the transformer T2T module)."""
+    return _create_t2t("t2t_vit_t_7", pretrained, **dict(_variant_args("t_7"), **kwargs))
 
 
 @register_model
 def t2t_vit_t_10(pretrained: bool = False, **kwargs: Any) -> T2TViT:
-    return _create("t_10", pretrained, **kwargs)
+    """T2T-ViT_t-10: embed_dim 256, depth 10, 4 heads, MLP ratio 2."""
+    return _create_t2t("t2t_vit_t_10", pretrained, **dict(_variant_args("t_10"), **kwargs))
 
 
 @register_model
 def t2t_vit_t_12(pretrained: bool = False, **kwargs: Any) -> T2TViT:
-    return _create("t_12", pretrained, **kwargs)
+    """T2T-ViT_t-12: embed_dim 256, depth 12, 4 heads, MLP ratio 2."""
+    return _create_t2t("t2t_vit_t_12", pretrained, **dict(_variant_args("t_12"), **kwargs))
 
 
 @register_model
 def t2t_vit_t_14(pretrained: bool = False, **kwargs: Any) -> T2TViT:
-    return _create("t_14", pretrained, **kwargs)
+    """T2T-ViT_t-14 (paper): embed_dim 384, depth 14, 6 heads, MLP ratio 3; 21.5M params, 6.1 GFLOPs."""
+    return _create_t2t("t2t_vit_t_14", pretrained, **dict(_variant_args("t_14"), **kwargs))
