@@ -14,7 +14,7 @@ import os
 import sys
 import warnings
 
-COMMANDS = ["flops", "train", "supernet", "search", "retrain", "report", "run"]
+COMMANDS = ["flops", "train", "supernet", "search", "retrain", "report", "export", "run"]
 
 
 def build_parser() -> argparse.ArgumentParser:

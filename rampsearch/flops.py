@@ -126,7 +126,7 @@ class FlopsModel:
                 self.table[b, k] = block_flops(width, k * arch.head_dim, sizes[stage], arch.pool_sizes[stage],
                                                arch.head_dim, arch.mlp_ratio)
         self.params_base = self._params_outside_blocks(arch, sizes, num_classes, in_chans)
-        self._params_rows = [
+        self.params_rows = [  # params_rows[b][k]: parameters of block b with k heads
             [block_params(width, k * arch.head_dim, arch.mlp_ratio, stage in LAYER_SCALE_STAGES)
              for k in range(units[b] + 1)]
             for b, (stage, width) in enumerate(zip(arch.block_stages, arch.block_widths))]
@@ -163,7 +163,7 @@ class FlopsModel:
 
     def params_of_heads(self, high_heads: Sequence[int]) -> int:
         """Parameter count for per-block high-frequency head counts."""
-        return self.params_base + sum(row[k] for row, k in zip(self._params_rows, high_heads))
+        return self.params_base + sum(row[k] for row, k in zip(self.params_rows, high_heads))
 
     def of_heads(self, high_heads: Sequence[int]) -> int:
         """FLOPs for per-block high-frequency head counts (k = C_h / head_dim)."""

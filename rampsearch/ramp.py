@@ -8,8 +8,9 @@ Forms a ramp can take:
 - `RampSchedule`: one ratio per block (all stages in order), tied to nothing until checked
   against an `Architecture` with `.channels(arch)`.
 - `ContinuousRamp`: a piecewise-linear curve r(x) over normalized depth x in [0, 1], given by knots;
-  `.instantiate(arch)` snaps it to the nearest valid ratio of every block of any architecture,
-  so a ramp found on a small proxy transfers to iFormer-S/B/L.
+  `.instantiate(arch)` snaps it to the nearest valid ratio of every block of any architecture.
+- A schedule of one architecture mapped onto another (a ramp searched on a small proxy, deployed on
+  iFormer-S/B/L): `transfer_ramp`, stage by stage (see there); every transfer goes through it.
 - The hand-set ramp: the paper's lists for S/B/L, and for any other architecture the
   paper-style rule of `paper_style_high_heads`, which reproduces the paper's lists exactly.
 
@@ -224,6 +225,29 @@ class ContinuousRamp:
     def instantiate(self, arch: Architecture) -> RampSchedule:
         n = arch.num_blocks
         return RampSchedule.snapped(arch, [self.value((i + 0.5) / n) for i in range(n)])
+
+
+def transfer_ratios(ramp: RampSchedule, source: Architecture, target: Architecture) -> list[float]:
+    """The ramp of `source` as unsnapped C_h/C values for every block of `target`, stage by stage.
+
+    Within each stage, the source's ratios are a piecewise-linear curve through its block centres
+    u = (i + 0.5) / depth over the stage's normalized depth u in [0, 1], flat beyond the first and
+    last centre; each target block of the same stage reads the curve at its own centre. Stage by
+    stage rather than over the whole depth, because a stage boundary is where the width and map size
+    change: iFormer-nano (2, 2, 4, 2) and iFormer-S (3, 3, 9, 3) put their boundaries at different
+    fractions of the depth, and a whole-depth curve would hand stage-3 ratios to stage-4 blocks.
+    """
+    ramp.high_heads(source)  # validates against the source, naming the block
+    values: list[float] = []
+    for ratios, depth in zip(ramp.per_stage(source), target.depths):
+        curve = ContinuousRamp(tuple(((i + 0.5) / len(ratios), r) for i, r in enumerate(ratios)))
+        values += [curve.value((j + 0.5) / depth) for j in range(depth)]
+    return values
+
+
+def transfer_ramp(ramp: RampSchedule, source: Architecture, target: Architecture) -> RampSchedule:
+    """`ramp` of `source` mapped onto `target` (`transfer_ratios`), snapped to whole heads of the target's widths."""
+    return RampSchedule.snapped(target, transfer_ratios(ramp, source, target))
 
 
 def resolve_ramp(ramp: "RampSchedule | ContinuousRamp | Sequence[float] | None", arch: Architecture) -> RampSchedule:

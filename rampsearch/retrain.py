@@ -4,9 +4,12 @@ Every contender (the top-K within-budget searched schedules, the hand-set ramp a
 ViT baselines at matched FLOPs) trains with the same recipe, data and seeds through `train.fit`, on
 all training images, and reports val (`data_split: final`; search trials were scored on the search
 split of the training images instead, rampsearch.data).
-Each run keeps its output in retrain/NAME/seedS/, so rerunning resumes; a finished run (its
+With a target (`--target`, or the space's `target:` section; rampsearch.transfer) the searched ramps
+are mapped onto the target architecture and size and compared there against the target's own hand-set
+ramp, in RUN_DIR/retrain-NAME-SIZE/ instead of RUN_DIR/retrain/.
+Each run keeps its output in RETRAIN_DIR/NAME/seedS/, so rerunning resumes; a finished run (its
 result.json exists) is not trained again. Each contender's inference throughput is measured once
-here (fixed batch, warm-up, median of repeats) and stored. Results go to retrain/results.csv,
+here (fixed batch, warm-up, median of repeats) and stored. Results go to RETRAIN_DIR/results.csv,
 written once every run has finished.
 """
 from __future__ import annotations
@@ -28,9 +31,10 @@ from .model_spec import ModelSpec, build_model
 from .redact import redact_command
 from .search.finalists import choose_finalists
 from .search.results import standing
-from .search.space import SCRATCH, SUPERNET, RetrainSettings, SearchSpace, parse_retrain_settings
+from .search.space import SCRATCH, SUPERNET, RetrainSettings, SearchSpace, Target, parse_retrain_settings
 from .search.study import load_run, search_metadata
 from .search.trial import run_trial, train_config
+from .transfer import Transfer, resolve_target, retrain_dir
 
 HANDSET = "handset"
 # Inference throughput: fp32, eval mode, this batch, one warm-up pass, the median of these repeats.
@@ -55,6 +59,10 @@ class Contender:
     note: str = ""
     chosen_by: str = ""  # how a searched schedule became a finalist (rampsearch.search.finalists)
     init: str = SCRATCH  # scratch | supernet: the weights its retraining starts from
+    # With a target: the schedule as searched (ramp ratios and architecture) and what the transfer did.
+    proxy_ramp: list[float] | None = None
+    proxy_architecture: dict[str, Any] | None = None
+    transfer: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,8 @@ class RetrainPlan:
     settings: RetrainSettings
     contenders: list[Contender]
     search: dict[str, Any] = field(default_factory=dict)  # how the hand-set ramp stood in the search
+    target: Target | None = None  # None: retrained on the searched architecture
+    transfer: dict[str, Any] | None = None  # Transfer.to_dict(), for plan.json and the report
 
 
 def retrain_settings(space: SearchSpace, **given: Any) -> RetrainSettings:
@@ -76,10 +86,13 @@ def retrain_settings(space: SearchSpace, **given: Any) -> RetrainSettings:
 
 
 def plan(run_dir: Path, settings_given: dict[str, Any], baselines: bool, storage: str | None = None,
-         device: str = "auto", log: Callable[[str], None] = print) -> RetrainPlan:
+         device: str = "auto", log: Callable[[str], None] = print, target: str | None = None,
+         img_size: int | None = None) -> RetrainPlan:
     """The hand-set ramp, the top-K distinct within-budget searched schedules (re-scored first, see
-    rampsearch.search.finalists), and optional ViT baselines."""
+    rampsearch.search.finalists), and optional ViT baselines; on a target when one is given or the space
+    has one (`target`, `img_size`: rampsearch.transfer.resolve_target)."""
     space, study = load_run(run_dir, storage)
+    target = resolve_target(space, target, img_size)
     settings = retrain_settings(space, **settings_given)
     result = standing(study)
     if result.handset is None and result.best is None:
@@ -89,32 +102,60 @@ def plan(run_dir: Path, settings_given: dict[str, Any], baselines: bool, storage
     if settings.init == SUPERNET and not meta.get("supernet"):
         raise UserError(f"--init supernet: {run_dir} was searched with method {method!r} and has no supernet; use "
                         "--init scratch, or search with --method one-shot")
-    handset = space.handset()
+    if settings.init == SUPERNET and target is not None:
+        raise UserError(f"--init supernet: the supernet's weights are for the searched architecture, not for the "
+                        f"target {target.label}; use --init scratch, or --target proxy")
     init = settings.init
-    contenders = [Contender(HANDSET, "ramp", handset.flops, handset.params,
-                            ModelSpec.iformer(handset.arch, handset.ramp, space.img_size).to_dict(),
-                            proxy_score=result.handset.values[0] if result.handset else None,
-                            trial=result.handset.number if result.handset else None,
-                            chosen_by="the hand-set ramp: the baseline", init=init)]
+    transfer = Transfer.to(space, target) if target is not None else None
+    handset = space.handset()
+    proxy_handset = result.handset.values[0] if result.handset else None
+    if transfer is None:
+        contenders = [Contender(HANDSET, "ramp", handset.flops, handset.params,
+                                ModelSpec.iformer(handset.arch, handset.ramp, space.img_size).to_dict(),
+                                proxy_score=proxy_handset, trial=result.handset.number if result.handset else None,
+                                chosen_by="the hand-set ramp: the baseline", init=init)]
+    else:
+        deployed = transfer.handset()
+        contenders = [Contender(HANDSET, "ramp", deployed.flops, deployed.params,
+                                ModelSpec.iformer(target.arch, deployed.ramp, target.img_size).to_dict(),
+                                proxy_score=proxy_handset, trial=result.handset.number if result.handset else None,
+                                chosen_by="the hand-set ramp: the baseline", init=init,
+                                proxy_ramp=list(handset.ramp.ratios), proxy_architecture=handset.arch.to_dict(),
+                                transfer=deployed.note)]
     finalists = choose_finalists(run_dir, space, study, settings, method, meta.get("supernet"), device, log)
     for rank, finalist in enumerate(finalists, start=1):
-        record = finalist.record
-        contenders.append(Contender("best" if rank == 1 else f"top{rank}", "ramp", record.flops, record.params,
-                                    finalist.spec(space).to_dict(), proxy_score=finalist.trial.values[0],
-                                    trial=finalist.trial.number, chosen_by=finalist.how, init=init))
+        record, name = finalist.record, "best" if rank == 1 else f"top{rank}"
+        common = dict(proxy_score=finalist.trial.values[0], trial=finalist.trial.number, chosen_by=finalist.how,
+                      init=init)
+        if transfer is None:
+            contenders.append(Contender(name, "ramp", record.flops, record.params, finalist.spec(space).to_dict(),
+                                        **common))
+            continue
+        searched = finalist.spec(space)
+        mapped = transfer.map(searched.ramp, searched.architecture)
+        spec = ModelSpec.iformer(target.arch, mapped.ramp, target.img_size).to_dict()
+        twin = next((c.name for c in contenders if c.spec == spec), None)
+        if twin is not None:
+            log(f"note: {name} (trial {finalist.trial.number}) maps onto the same target ramp as {twin}; "
+                "it is retrained once, as " + twin)
+            continue
+        contenders.append(Contender(name, "ramp", mapped.flops, mapped.params, spec, **common,
+                                    proxy_ramp=list(searched.ramp.ratios),
+                                    proxy_architecture=searched.architecture.to_dict(), transfer=mapped.note))
     if baselines:
         from .baselines import baseline_models
 
-        budget = space.budget.gflops or handset.flops / 1e9
-        for vit in baseline_models(budget, space.img_size, space.budget.num_classes):
+        img_size = target.img_size if target else space.img_size
+        budget = transfer.budget.gflops if transfer else space.budget.gflops
+        budget = budget or contenders[0].flops / 1e9
+        for vit in baseline_models(budget, img_size, space.budget.num_classes):
             contenders.append(Contender(vit.family, "vit", vit.flops, vit.params,
                                         ModelSpec(vit.img_size, vit=vit).to_dict(), note=vit.note,
                                         chosen_by="a ViT baseline at matched FLOPs"))
     search = {"handset_scored_higher": result.handset_scored_higher, "sentence": result.sentence(),
-              "handset_proxy": result.handset.values[0] if result.handset else None,
-              "best_proxy": result.best.values[0] if result.best else None, "method": method,
-              "supernet": meta.get("supernet")}
-    return RetrainPlan(space, settings, contenders, search)
+              "handset_proxy": proxy_handset, "best_proxy": result.best.values[0] if result.best else None,
+              "method": method, "supernet": meta.get("supernet")}
+    return RetrainPlan(space, settings, contenders, search, target, transfer.to_dict(space) if transfer else None)
 
 
 def _inherit(retrain_plan: RetrainPlan, out: Path, device: str) -> None:
@@ -160,16 +201,19 @@ def _earlier_throughput(plan_file: Path) -> dict[str, float]:
 def run_retrain(run_dir: str | Path, top: int | None = None, seeds: int | None = None, recipe: str | None = None,
                 epochs: int | None = None, baselines: bool = False, device: str = "auto",
                 storage: str | None = None, overrides: dict[str, Any] | None = None,
-                keep_checkpoints: bool = False, init: str | None = None,
-                log: Callable[[str], None] = print) -> pd.DataFrame:
-    """Train every contender with every seed (resuming unfinished runs); return retrain/results.csv's rows."""
+                keep_checkpoints: bool = False, init: str | None = None, target: str | None = None,
+                img_size: int | None = None, log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Train every contender with every seed (resuming unfinished runs); return RETRAIN_DIR/results.csv's rows.
+
+    `target`, `img_size`: where to deploy the searched ramps (rampsearch.transfer.resolve_target)."""
     from .train import preflight
 
     run_dir = Path(run_dir)
     retrain_plan = plan(run_dir, {"top": top, "seeds": seeds, "recipe": recipe, "epochs": epochs,
-                                  "overrides": overrides, "init": init}, baselines, storage, device, log)
+                                  "overrides": overrides, "init": init}, baselines, storage, device, log, target,
+                        img_size)
     space, settings = retrain_plan.space, retrain_plan.settings
-    out = run_dir / "retrain"
+    out = retrain_dir(run_dir, retrain_plan.target)
 
     def config(contender: Contender, seed: int) -> dict[str, Any]:
         inherited = out / contender.name / INIT_FILE if contender.init == SUPERNET else None
@@ -193,7 +237,8 @@ def run_retrain(run_dir: str | Path, top: int | None = None, seeds: int | None =
             inference_throughput(ModelSpec.from_dict(contender.spec)), 1)
     (out / "plan.json").write_text(json.dumps({
         "settings": settings.to_dict(), "commands": [" ".join(redact_command(sys.argv))],
-        "search": retrain_plan.search, "contenders": [asdict(c) for c in retrain_plan.contenders]}, indent=2))
+        "search": retrain_plan.search, "target": retrain_plan.transfer,
+        "contenders": [asdict(c) for c in retrain_plan.contenders]}, indent=2))
     rows = []
     for contender in retrain_plan.contenders:
         for seed in range(settings.seeds):

@@ -19,7 +19,7 @@ from matplotlib.colors import to_rgb
 from matplotlib.lines import Line2D
 
 from rampsearch.errors import UserError
-from rampsearch.report import build_report
+from rampsearch.report import RunData, build_report
 from rampsearch.report.document import Document
 from rampsearch.report.sections import (MIN_TRIALS_FOR_IMPORTANCE, TOP_TRIALS, best_so_far, history_figure,
                                         retrain_name, top_trials)
@@ -198,11 +198,18 @@ def test_quiet_prints_only_the_outcome(run_dir, tmp_path):
 
 def test_retraining_is_named_after_its_recipe(run_dir):
     space = load_space(TINY)
-    assert retrain_name(space, {"recipe": "proxy", "epochs": 6}).long == "6-epoch proxy retrain"
-    assert retrain_name(space, {"recipe": "proxy", "epochs": None}).long == "3-epoch proxy retrain"  # proxy.yaml
-    assert retrain_name(space, {"recipe": "paper", "epochs": 300}).short == "paper retrain"
-    full = retrain_name(space, {"recipe": "paper", "epochs": None})
+
+    def name(settings, target=None):
+        return retrain_name(RunData(run_dir, run_dir / "retrain", space, None, pd.DataFrame(),
+                                    {"settings": settings, "target": target}, pd.DataFrame()))
+
+    assert name({"recipe": "proxy", "epochs": 6}).long == "6-epoch proxy retrain"
+    assert name({"recipe": "proxy", "epochs": None}).long == "3-epoch proxy retrain"  # proxy.yaml
+    assert name({"recipe": "paper", "epochs": 300}).short == "paper retrain"
+    full = name({"recipe": "paper", "epochs": None})
     assert full.short == "full" and "310 epochs" in full.long
+    small = {"name": "small", "architecture": {"variant": "small"}, "img_size": 224}
+    assert name({"recipe": "proxy", "epochs": 6}, small).long == "6-epoch proxy retrain on iFormer-small at 224 px"
     md = (run_dir / "report" / "report.md").read_text()  # tiny retrains 2 epochs of the proxy recipe
     assert "in the 2-epoch proxy retrain" in md and "| proxy retrain top-1 |" in md and "full top-1" not in md
     assert "proxy retrain top-1 mean" in (run_dir / "report" / "summary.csv").read_text()

@@ -105,6 +105,17 @@ def add_keep_checkpoints_arg(parser: argparse.ArgumentParser) -> None:
                              "by default only model.safetensors, metrics and result.json stay")
 
 
+def add_target_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """--target and --img-size: which retraining of a run (retrain, run, report, export name it the same way)."""
+    parser.add_argument("--target", metavar="small|base|large|nano|proxy|FILE",
+                        help=f"{what} on this target: a paper variant, 'proxy' (the searched architecture) or a "
+                             "target YAML file (search_spaces/README.md, 'Transfer'); the searched ramps are mapped "
+                             "onto it stage by stage and compared with its own hand-set ramp, in "
+                             "RUN_DIR/retrain-NAME-SIZE (default: the space's target: section, else proxy)")
+    parser.add_argument("--img-size", type=positive_int, metavar="N",
+                        help="the target's input size (default: the target's own, 224 for small/base/large)")
+
+
 def add_output_args(parser: argparse.ArgumentParser, json_help: str) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress lines; only the result and errors")
     parser.add_argument("--json", action="store_true", help=json_help)

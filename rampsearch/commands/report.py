@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..report import build_report
-from .common import add_output_args, logger, print_json
+from .common import add_output_args, add_target_args, logger, print_json
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -15,7 +15,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "frequency analysis and run metadata. The HTML is self-contained and opens offline. Nothing "
                     "is written unless RUN_DIR has been searched and retrained.")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run directory that has been searched and retrained")
-    parser.add_argument("--out", metavar="DIR", help="where to write (default: RUN_DIR/report)")
+    parser.add_argument("--out", metavar="DIR", help="where to write (default: RUN_DIR/report, or "
+                                                     "RUN_DIR/report-NAME-SIZE for a target)")
+    add_target_args(parser, "report the retraining")
     parser.add_argument("--storage", metavar="URL", help="the search's RDB storage, if it used one")
     add_output_args(parser, json_help="print the paths and verdict as JSON")
     parser.set_defaults(func=run)
@@ -30,5 +32,6 @@ def print_outcome(outcome: dict, as_json: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print_outcome(build_report(args.run_dir, args.out, args.storage, log=logger(args)), args.json)
+    print_outcome(build_report(args.run_dir, args.out, args.storage, log=logger(args), target=args.target,
+                               img_size=args.img_size), args.json)
     return 0

@@ -5,7 +5,7 @@ import argparse
 
 from ..config import parse_set
 from ..retrain import run_retrain
-from .common import (add_device_arg, add_keep_checkpoints_arg, add_output_args, add_set_arg, logger, positive_int,
+from .common import (add_device_arg, add_target_args, add_keep_checkpoints_arg, add_output_args, add_set_arg, logger, positive_int,
                      print_json)
 
 
@@ -23,6 +23,7 @@ def add_retrain_args(parser: argparse.ArgumentParser) -> None:
                              "the one-shot search's supernet passes on, as Once-for-All does")
     parser.add_argument("--baselines", action="store_true",
                         help="also train DeiT-style ViT, CrossViT and T2T-ViT at FLOPs matched to the budget")
+    add_target_args(parser, "retrain")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -44,7 +45,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     frame = run_retrain(args.run_dir, args.top, args.seeds, args.recipe, args.epochs, args.baselines, args.device,
-                        args.storage, parse_set(args.overrides), args.keep_checkpoints, args.init, log=logger(args))
+                        args.storage, parse_set(args.overrides), args.keep_checkpoints, args.init, args.target,
+                        args.img_size, log=logger(args))
     summary = frame.groupby("name", sort=False)["top1"].agg(["mean", "std", "count"]).reset_index()
     if args.json:
         print_json({"runs": frame.to_dict(orient="records"), "summary": summary.to_dict(orient="records")})

@@ -39,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
         shortfall = exc  # a best and a baseline to retrain: go on, and exit non-zero at the end
         log(f"warning: {exc}; retraining what it found")
     run_retrain(run_dir, args.top, args.seeds, args.recipe, args.epochs, args.baselines, args.device,
-                options.storage, parse_set(args.overrides), args.keep_checkpoints, args.init, log=log)
-    print_outcome(build_report(run_dir, args.report_out, options.storage, log=log), args.json)
+                options.storage, parse_set(args.overrides), args.keep_checkpoints, args.init, args.target,
+                args.img_size, log=log)
+    print_outcome(build_report(run_dir, args.report_out, options.storage, log=log, target=args.target,
+                               img_size=args.img_size), args.json)
     if shortfall:
         raise shortfall
     return 0

@@ -63,14 +63,26 @@ class RetrainName:
     short: str
 
 
-def retrain_name(space, settings: dict[str, Any]) -> RetrainName:
-    """"full" only for the paper recipe at its own epochs; otherwise epochs and recipe, e.g. "6-epoch proxy retrain"."""
+def retrain_name(data) -> RetrainName:
+    """"full" only for the paper recipe at its own epochs; otherwise epochs and recipe, e.g. "6-epoch proxy retrain";
+    with a target, `long` names it: "6-epoch proxy retrain on small at 224 px"."""
+    settings = data.plan["settings"]
     recipe = str(settings["recipe"])
-    epochs = settings.get("epochs") or retrain_recipe(space, settings).epochs
-    if recipe == "paper" and epochs == load_recipe("paper", None, space.base.variant).epochs:
-        return RetrainName(f"full retrain (paper recipe, {epochs} epochs)", "full")
+    epochs = settings.get("epochs") or retrain_recipe(data).epochs
+    on = f" on {target_words(data.target)}" if data.target else ""
+    if recipe == "paper" and epochs == load_recipe("paper", None, data.variant).epochs:
+        return RetrainName(f"full retrain (paper recipe, {epochs} epochs){on}", "full")
     label = Path(recipe).stem  # a recipe file is named by its file name
-    return RetrainName(f"{epochs}-epoch {label} retrain", f"{label} retrain")
+    return RetrainName(f"{epochs}-epoch {label} retrain{on}", f"{label} retrain")
+
+
+def target_words(target: dict[str, Any]) -> str:
+    """A target in words: "iFormer-small at 224 px", or its name, depths and widths."""
+    arch = target["architecture"]
+    if arch.get("variant"):
+        return f"iFormer-{arch['variant']} at {target['img_size']} px"
+    return (f"{target['name']} (depths {'+'.join(map(str, arch['depths']))}, widths "
+            f"{'/'.join(map(str, arch['embed_dims']))}) at {target['img_size']} px")
 
 
 def _colours(data) -> dict[str, str]:
@@ -178,7 +190,7 @@ def _summary_rows(data, name: RetrainName) -> pd.DataFrame:
 def summary_section(doc, data) -> str:
     """Summary tables and the one-line verdict (returned)."""
     doc.section("Summary")
-    name = retrain_name(data.space, data.plan["settings"])
+    name = retrain_name(data)
     frame = _summary_rows(data, name)
     verdict = _verdict(data, name)
     doc.paragraph(verdict, css_class="verdict")
@@ -192,7 +204,7 @@ def summary_section(doc, data) -> str:
         "hand-set ramp has a 95% confidence interval and a t-test over seeds, named as run: paired t when both "
         "schedules ran the same seeds, Welch t otherwise; with one seed, or when every seed differs by the same "
         "amount, there is no test. img/s is the inference throughput measured once when retraining (fp32, eval "
-        f"mode, median of repeats). FLOPs are fvcore multiply-adds at {data.space.img_size}px with a "
+        f"mode, median of repeats). FLOPs are fvcore multiply-adds at {data.img_size}px with a "
         f"{data.space.budget.num_classes}-class head.")
     _finalists_paragraph(doc, data)
     return verdict
@@ -279,6 +291,69 @@ def ramp_section(doc, data) -> None:
     doc.figure(fig, "ramp", "Per-block C_h/C of the retrained schedules, the hand-set ramp in black; dashed "
                             "lines mark the stage boundaries.")
     doc.table(pd.DataFrame(rows), "ramps")
+
+
+# -- transfer -------------------------------------------------------------------------------------
+
+def transfer_section(doc, data) -> None:
+    """With a target: each schedule as searched and as mapped onto the target, side by side, with the target's
+    costs and what the mapping did (rampsearch.transfer). Nothing without a target."""
+    target = data.target
+    if not target:
+        return
+    from ..flops import flops_model
+
+    doc.section("Transfer")
+    source = target["source"]
+    proxy_arch = Architecture.from_dict(source["architecture"])
+    doc.paragraph(
+        f"The search ran on {_arch_words(proxy_arch)} at {source['img_size']} px; its schedules were retrained on "
+        f"{target_words(target)}, against that architecture's own hand-set ramp. Each searched ramp was mapped stage "
+        "by stage: within a stage, its ratios form a piecewise-linear curve over the stage's normalized depth, read "
+        "at the target's block centres and snapped to whole heads (rampsearch.ramp.transfer_ramp). Only the ramp "
+        f"transfers. Target budget: {_budget_words(target['budget'])} ({target['budget_from']}); a mapped ramp over "
+        "it was moved to the nearest snap within it, as its note says.")
+    specs, colours = _ramp_specs(data), _colours(data)
+    mapped = [c for c in data.plan["contenders"] if c["kind"] == "ramp" and c.get("proxy_ramp") is not None]
+    fig, axes = plt.subplots(1, len(mapped), figsize=(3.2 * len(mapped) + 1, 3.6), sharey=True, layout="constrained",
+                             squeeze=False)
+    rows = []
+    num_classes = target["budget"]["num_classes"]
+    for c, ax in zip(mapped, axes[0]):
+        name, spec = c["name"], specs[c["name"]]
+        searched_arch, searched = Architecture.from_dict(c["proxy_architecture"]), RampSchedule(tuple(c["proxy_ramp"]))
+        for arch, ramp, style, label in ((searched_arch, searched, ":", "searched"),
+                                         (spec.architecture, spec.ramp, "-", "on target")):
+            n = arch.num_blocks
+            ax.step([(b + 0.5) / n for b in range(n)], ramp.ratios, where="mid", linestyle=style, marker="o",
+                    markersize=3, color=colours[name], label=label)
+        draw_stage_boundaries(ax, {"target": spec.architecture, "searched": searched_arch},
+                              {"target": "grey", "searched": "silver"})
+        ax.set(title=name, xlabel="normalized depth", xlim=(0, 1), ylim=(-0.05, 1.05))
+        ax.legend(fontsize=7, loc="upper right")
+        proxy_flops = flops_model(searched_arch, source["img_size"], num_classes).of(searched)
+        rows.append({"schedule": name, "searched C_h/C": _stages_text(searched_arch, searched),
+                     "searched GFLOPs": proxy_flops / 1e9,
+                     "target C_h/C": _stages_text(spec.architecture, spec.ramp),
+                     "target GFLOPs": c["flops"] / 1e9, "target params (M)": c["params"] / 1e6,
+                     "note": c.get("transfer", "")})
+    axes[0][0].set_ylabel("C_h / C (high-frequency share)")
+    doc.figure(fig, "transfer", "Per schedule, its per-block C_h/C as searched on the proxy (dotted) and as retrained "
+                                "on the target (solid), over normalized depth; dashed lines mark the stage boundaries "
+                                "of the target (grey) and, where they differ, of the proxy (silver).")
+    doc.table(pd.DataFrame(rows), "transfer")
+
+
+def _arch_words(arch: Architecture) -> str:
+    if arch.variant:
+        return f"iFormer-{arch.variant}"
+    return f"an iFormer with depths {'+'.join(map(str, arch.depths))} and widths {'/'.join(map(str, arch.embed_dims))}"
+
+
+def _budget_words(budget: dict[str, Any]) -> str:
+    parts = ([f"{budget['gflops']:.4g} GFLOPs"] if budget.get("gflops") else []) + (
+        [f"{budget['mparams']:.4g} M params"] if budget.get("mparams") else [])
+    return ", ".join(parts) or "none"
 
 
 # -- search ---------------------------------------------------------------------------------------
@@ -445,8 +520,9 @@ def _importances(doc, data) -> None:
 # -- proxy fidelity -------------------------------------------------------------------------------
 
 def proxy_fidelity_section(doc, data) -> None:
-    doc.section("Proxy fidelity")
-    name = retrain_name(data.space, data.plan["settings"])
+    """Kendall τ between the search's scores and the retraining's (on a target: transfer fidelity)."""
+    doc.section("Transfer fidelity" if data.target else "Proxy fidelity")
+    name = retrain_name(data)
     retrained = f"{name.short} top-1 mean"
     rows = []
     for c in data.plan["contenders"]:
@@ -461,6 +537,9 @@ def proxy_fidelity_section(doc, data) -> None:
     one_shot = _one_shot(data)
     scores = "the supernet's scores" if one_shot else "the search's proxy scores"
     between = f"Kendall τ between {scores} and the {name.long} (standalone trainings) over {len(frame)} schedules"
+    if data.target:
+        between += (f" (transfer fidelity: the search ranked the schedules at {data.space.img_size} px on the proxy "
+                    "architecture; the retraining ranks their mapped ramps on the target)")
     if math.isnan(tau):
         doc.paragraph(f"{between}: undefined, as every schedule has the same score in one of the two.")
     else:
@@ -475,7 +554,8 @@ def proxy_fidelity_section(doc, data) -> None:
         ax.annotate(row["schedule"], (row["search top-1"], row[retrained]), xytext=(4, 4),
                     textcoords="offset points", fontsize=8)
     ax.margins(0.15)  # room for the labels inside the axes
-    ax.set(xlabel="search top-1 (%)", ylabel=f"{name.short} top-1 (%)", title="Does the proxy rank like retraining?")
+    question = "Does the proxy rank like the target?" if data.target else "Does the proxy rank like retraining?"
+    ax.set(xlabel="search top-1 (%)", ylabel=f"{name.short} top-1 (%)", title=question)
     doc.figure(fig, "proxy_fidelity", f"Search (proxy) score vs {name.long} score per schedule.")
 
 
@@ -550,7 +630,7 @@ def metadata_section(doc, data, extra: dict[str, Any]) -> None:
         "search space": data.space.source, "study": search.get("study"), "storage": redact(search.get("storage")),
         "backend": search.get("backend"), "search started": search.get("started"),
         "search seconds": search.get("seconds"), "sampler seed": data.space.search.seed,
-        "retraining": retrain_name(data.space, data.plan["settings"]).long,
+        "retraining": retrain_name(data).long,
         "retraining settings": data.plan["settings"],
         "retraining seconds (sum over runs)": round(data.results["seconds"].sum(), 1),
         "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, {_gpu()}", "python": platform.python_version(),

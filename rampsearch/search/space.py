@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..architecture import Architecture, ArchitectureError
+from ..architecture import VARIANTS, Architecture, ArchitectureError
 from ..errors import UserError, read_yaml_mapping
 from ..flops import flops_model
 from ..ramp import RampSchedule, allowed_high_heads
@@ -23,7 +23,9 @@ SAMPLERS = ("tpe", "nsga2", "gp", "cmaes", "random")
 PRUNERS = ("median", "hyperband", "none")
 OBJECTIVES = {"accuracy": "maximize", "flops": "minimize", "params": "minimize"}
 TOP_KEYS = {"name", "architecture", "img_size", "ramp", "search_architecture", "budget", "objectives",
-            "method", "proxy", "supernet", "search", "retrain"}
+            "method", "proxy", "supernet", "search", "retrain", "target"}
+ARCHITECTURE_KEYS = {"variant", "depths", "embed_dims", "head_dim", "mlp_ratio", "pool_sizes"}
+TARGET_KEYS = {"name", *ARCHITECTURE_KEYS, "img_size", "budget"}
 # How a candidate is scored: a short standalone training (`proxy:`), or on a weight-sharing supernet
 # trained once for the whole space (`supernet:`, rampsearch.supernet).
 METHODS = (TRAIN, ONE_SHOT)
@@ -181,6 +183,26 @@ class RetrainSettings:
 
 
 @dataclass(frozen=True)
+class Target:
+    """Where the searched ramps are deployed (`target:` in the space, `--target` on retrain/report/export):
+    an architecture at an input size, under a FLOPs/params budget (None: the search's budget scaled to
+    the target, rampsearch.transfer). The ramps map onto it through rampsearch.ramp.transfer_ramp."""
+
+    name: str  # the variant, the file's stem, or `name:`; with img_size it names RUN_DIR/retrain-NAME-SIZE
+    arch: Architecture
+    img_size: int
+    budget: Budget | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{self.img_size}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "architecture": self.arch.to_dict(), "img_size": self.img_size,
+                "budget": None if self.budget is None else asdict(self.budget)}
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     name: str
     base: Architecture
@@ -196,6 +218,7 @@ class SearchSpace:
     retrain: RetrainSettings = RetrainSettings()
     source: str = ""
     method: str = TRAIN
+    target: Target | None = None  # where `retrain` deploys the searched ramps; None: the searched architecture
 
     def proxy_recipe(self) -> Any:
         """The rampsearch.config.Recipe of the proxy trainings (and of the supernet): recipe and overrides applied."""
@@ -356,6 +379,41 @@ def _allowed_values(choices: ArchChoices, name: str) -> list:
     return list((choices.embed_dims if kind == "dim" else choices.pool_sizes)[s])
 
 
+def _budget(data: Any, source: str, key: str) -> Budget:
+    budget = _mapping(data, source, key, {"gflops", "mparams", "num_classes"})
+    return Budget(
+        gflops=_number(budget["gflops"], source, f"{key}.gflops") if "gflops" in budget else None,
+        mparams=_number(budget["mparams"], source, f"{key}.mparams") if "mparams" in budget else None,
+        num_classes=_integer(budget.get("num_classes", 1000), source, f"{key}.num_classes", minimum=2))
+
+
+def _architecture(data: dict[str, Any], source: str, key: str) -> Architecture:
+    try:
+        return Architecture.from_dict({k: v for k, v in data.items() if k in ARCHITECTURE_KEYS})
+    except ArchitectureError as exc:
+        raise _err(source, key, str(exc)) from None
+
+
+def parse_target(data: Any, source: str, key: str = "target", name: str = "target") -> Target:
+    """A `target:` mapping (or a target file's whole content) as a Target; errors name `source` and the key."""
+    data = _mapping(data, source, key, TARGET_KEYS)
+    if "variant" not in data and not {"depths", "embed_dims"} <= set(data):
+        raise _err(source, key, "give a variant (small, base, large or nano) or both depths and embed_dims")
+    arch = _architecture(data, source, key)
+    variant_size = VARIANTS[arch.variant].img_size if arch.variant else 224
+    img_size = _integer(data.get("img_size", variant_size), source, f"{key}.img_size", minimum=32)
+    budget = _budget(data["budget"], source, f"{key}.budget") if "budget" in data else None
+    if budget is not None and budget.gflops is not None:
+        cheapest = flops_model(arch, img_size, budget.num_classes).min / 1e9
+        if cheapest > budget.gflops:
+            raise _err(source, f"{key}.budget.gflops", f"{budget.gflops} excludes every ramp of the target: its "
+                                                       f"cheapest is {cheapest:.4g} GFLOPs at {img_size} px")
+    label = data.get("name", arch.variant or name)
+    if not isinstance(label, str) or not label or not all(c.isalnum() or c in "-_" for c in label):
+        raise _err(source, f"{key}.name", f"expected letters, digits, '-' or '_' (it names a folder), got {label!r}")
+    return Target(label, arch, img_size, budget)
+
+
 def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
     """Read and validate a search-space YAML file; `overrides` (`--set`) go over its proxy.overrides."""
     data = read_yaml_mapping(path, "search space", SpaceError)
@@ -445,12 +503,8 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "search"
     data = _mapping(data, source, "(top level)", TOP_KEYS)
     if "architecture" not in data:
         raise _err(source, "architecture", "missing; give a variant (e.g. {variant: nano}) or depths/embed_dims")
-    try:
-        base = Architecture.from_dict(_mapping(data["architecture"], source, "architecture",
-                                               {"variant", "depths", "embed_dims", "head_dim", "mlp_ratio",
-                                                "pool_sizes"}))
-    except ArchitectureError as exc:
-        raise _err(source, "architecture", str(exc)) from None
+    base = _architecture(_mapping(data["architecture"], source, "architecture", ARCHITECTURE_KEYS), source,
+                         "architecture")
     img_size = _integer(data.get("img_size", 224), source, "img_size", minimum=32)
 
     ramp = _mapping(data.get("ramp"), source, "ramp", {"parameterization", "knots", "range"})
@@ -469,11 +523,7 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "search"
             or ratio_range[0] >= ratio_range[1]):
         raise _err(source, "ramp.range", f"expected [low, high] with 0 <= low < high <= 1, got {ratio_range!r}")
 
-    budget_data = _mapping(data.get("budget"), source, "budget", {"gflops", "mparams", "num_classes"})
-    budget = Budget(
-        gflops=_number(budget_data["gflops"], source, "budget.gflops") if "gflops" in budget_data else None,
-        mparams=_number(budget_data["mparams"], source, "budget.mparams") if "mparams" in budget_data else None,
-        num_classes=_integer(budget_data.get("num_classes", 1000), source, "budget.num_classes", minimum=2))
+    budget = _budget(data.get("budget"), source, "budget")
 
     objectives = data.get("objectives", ["accuracy"])
     if isinstance(objectives, str):
@@ -494,7 +544,8 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "search"
         objectives=tuple(objectives), proxy=proxy,
         search=_search_settings(data.get("search"), source, len(objectives) > 1),
         retrain=parse_retrain_settings(data.get("retrain"), source), source=source, method=method,
-        supernet=_supernet_settings(data.get("supernet"), source, proxy))
+        supernet=_supernet_settings(data.get("supernet"), source, proxy),
+        target=parse_target(data["target"], source) if data.get("target") is not None else None)
     if method == ONE_SHOT:  # a space a supernet cannot run fails here, naming the key
         from ..ramp import RampError
         from ..supernet import Subnet
