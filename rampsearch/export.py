@@ -47,7 +47,8 @@ def _num_classes(weights: Path) -> int:
 
 
 def export_schedule(run_dir: str | Path, out: str | Path, schedule: str = "best", seed: int = 0,
-                    target: str | None = None, img_size: int | None = None, storage: str | None = None) -> dict[str, Any]:
+                    target: str | None = None, img_size: int | None = None,
+                    storage: str | None = None) -> dict[str, Any]:
     """Write schedule `schedule`'s seed-`seed` retraining (on `target`, rampsearch.transfer) as a timm folder `out`."""
     from timm.models import save_for_hf
 

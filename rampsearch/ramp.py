@@ -10,7 +10,8 @@ Forms a ramp can take:
 - `ContinuousRamp`: a piecewise-linear curve r(x) over normalized depth x in [0, 1], given by knots;
   `.instantiate(arch)` snaps it to the nearest valid ratio of every block of any architecture.
 - A schedule of one architecture mapped onto another (a ramp searched on a small proxy, deployed on
-  iFormer-S/B/L): `transfer_ramp`, stage by stage (see there); every transfer goes through it.
+  iFormer-S/B/L): `transfer_ramp`, stage by stage (see there); every transfer goes through it
+  (`retrain --target`, and a ramp file naming another architecture than the model's).
 - The hand-set ramp: the paper's lists for S/B/L, and for any other architecture the
   paper-style rule of `paper_style_high_heads`, which reproduces the paper's lists exactly.
 
@@ -279,12 +280,21 @@ def ramp_from_dict(data: dict[str, Any], source: str = "ramp") -> RampSchedule |
 
 
 def load_ramp(spec: str, arch: Architecture) -> RampSchedule:
-    """Parse a command-line ramp: 'handset', a ramp file, or comma-separated ratios (0.67 or 2/3)."""
+    """Parse a command-line ramp: 'handset', a ramp file, or comma-separated ratios (0.67 or 2/3).
+
+    A ramp file that names another architecture (a search's best.yaml on a proxy) maps onto `arch`
+    through `transfer_ramp`."""
     spec = spec.strip()
     if spec == "handset":
         return RampSchedule.handset(arch)
     if Path(spec).suffix.lower() in {".yaml", ".yml", ".json"} or Path(spec).is_file():
-        return resolve_ramp(ramp_from_dict(read_yaml_mapping(spec, "ramp file", RampError), source=spec), arch)
+        data = read_yaml_mapping(spec, "ramp file", RampError)
+        ramp = ramp_from_dict(data, source=spec)
+        if isinstance(ramp, RampSchedule) and isinstance(data.get("architecture"), dict):
+            source = Architecture.from_dict(data["architecture"])
+            if source != arch:
+                return transfer_ramp(ramp, source, arch)
+        return resolve_ramp(ramp, arch)
     try:
         values = [float(Fraction(v.strip())) for v in spec.split(",") if v.strip()]
     except (ValueError, ZeroDivisionError):

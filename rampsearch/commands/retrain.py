@@ -5,8 +5,8 @@ import argparse
 
 from ..config import parse_set
 from ..retrain import run_retrain
-from .common import (add_device_arg, add_target_args, add_keep_checkpoints_arg, add_output_args, add_set_arg, logger, positive_int,
-                     print_json)
+from .common import (add_device_arg, add_keep_checkpoints_arg, add_output_args, add_set_arg, add_target_args, logger,
+                     positive_int, print_json)
 
 
 def add_retrain_args(parser: argparse.ArgumentParser) -> None:
