@@ -109,17 +109,15 @@ def plan(run_dir: Path, settings_given: dict[str, Any], baselines: bool, storage
     transfer = Transfer.to(space, target) if target is not None else None
     handset = space.handset()
     proxy_handset = result.handset.values[0] if result.handset else None
+    baseline = dict(proxy_score=proxy_handset, trial=result.handset.number if result.handset else None,
+                    chosen_by="the hand-set ramp: the baseline", init=init)
     if transfer is None:
         contenders = [Contender(HANDSET, "ramp", handset.flops, handset.params,
-                                ModelSpec.iformer(handset.arch, handset.ramp, space.img_size).to_dict(),
-                                proxy_score=proxy_handset, trial=result.handset.number if result.handset else None,
-                                chosen_by="the hand-set ramp: the baseline", init=init)]
+                                ModelSpec.iformer(handset.arch, handset.ramp, space.img_size).to_dict(), **baseline)]
     else:
         deployed = transfer.handset()
         contenders = [Contender(HANDSET, "ramp", deployed.flops, deployed.params,
-                                ModelSpec.iformer(target.arch, deployed.ramp, target.img_size).to_dict(),
-                                proxy_score=proxy_handset, trial=result.handset.number if result.handset else None,
-                                chosen_by="the hand-set ramp: the baseline", init=init,
+                                ModelSpec.iformer(target.arch, deployed.ramp, target.img_size).to_dict(), **baseline,
                                 proxy_ramp=list(handset.ramp.ratios), proxy_architecture=handset.arch.to_dict(),
                                 transfer=deployed.note)]
     finalists = choose_finalists(run_dir, space, study, settings, method, meta.get("supernet"), device, log)
@@ -134,7 +132,8 @@ def plan(run_dir: Path, settings_given: dict[str, Any], baselines: bool, storage
         searched = finalist.spec(space)
         mapped = transfer.map(searched.ramp, searched.architecture)
         spec = ModelSpec.iformer(target.arch, mapped.ramp, target.img_size).to_dict()
-        twin = next((c.name for c in contenders if c.spec == spec), None)
+        # one that lands on the target's hand-set ramp stays (its note says so): it is the search's answer
+        twin = next((c.name for c in contenders[1:] if c.spec == spec), None)
         if twin is not None:
             log(f"note: {name} (trial {finalist.trial.number}) maps onto the same target ramp as {twin}; "
                 "it is retrained once, as " + twin)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from timm.layers import to_2tuple
+from timm.layers import get_device_dtype, to_2tuple
+from torch import nn
 from timm.models import PretrainedCfg, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices  # noqa: F401 - (indices, max index) of forward_intermediates
 from timm.models._input import update_model_args  # noqa: F401 - records reconstruction args for save_for_hf
@@ -34,3 +35,15 @@ def entrypoint_cfg(name: str, family: str, pretrained: bool, kwargs: dict[str, A
     img_size = to_2tuple(kwargs.setdefault("img_size", tuple(size)))
     in_chans = kwargs.setdefault("in_chans", channels)
     return dataclasses.replace(cfg, input_size=(channels if pretrained else in_chans, *img_size))
+
+
+def reset_head(model: nn.Module, num_classes: int, global_pool: str | None, pools: tuple[str, ...]) -> None:
+    """timm's `reset_classifier` for both families: a new Linear head on `model.num_features` for
+    `num_classes` (0: none), on the model's device and dtype; `global_pool`, if given, one of `pools`."""
+    if global_pool is not None:
+        if global_pool not in pools:
+            raise ValueError(f"global_pool {global_pool!r}: choose one of {pools}")
+        model.global_pool = global_pool
+    model.num_classes = num_classes
+    model.head = (nn.Linear(model.num_features, num_classes, **get_device_dtype(model)) if num_classes > 0
+                  else nn.Identity())

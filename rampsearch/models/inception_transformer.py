@@ -42,13 +42,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import (DropPath, Mlp, get_device_dtype, to_2tuple, trunc_normal_,
-                         use_fused_attn)
+from timm.layers import DropPath, Mlp, to_2tuple, trunc_normal_, use_fused_attn
 from timm.models import build_model_with_cfg, checkpoint_seq, clean_state_dict, generate_default_cfgs, register_model
 
 from ..architecture import NUM_STAGES, VARIANTS, Architecture
 from ..ramp import ContinuousRamp, RampSchedule, resolve_ramp
-from ._entrypoints import entrypoint_cfg, feature_take_indices, update_model_args
+from ._entrypoints import entrypoint_cfg, feature_take_indices, reset_head, update_model_args
 
 __all__ = ["InceptionTransformer", "build_iformer", "checkpoint_filter_fn", "set_fused_attn"]
 
@@ -358,13 +357,7 @@ class InceptionTransformer(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A new head for `num_classes` (0: none); `global_pool` "avg" or "" (no pooling) if given."""
-        if global_pool is not None:
-            if global_pool not in GLOBAL_POOLS:
-                raise ValueError(f"global_pool {global_pool!r}: choose one of {GLOBAL_POOLS}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = (nn.Linear(self.num_features, num_classes, **get_device_dtype(self)) if num_classes > 0
-                     else nn.Identity())
+        reset_head(self, num_classes, global_pool, GLOBAL_POOLS)
 
     def _stage(self, x: torch.Tensor, index: int) -> torch.Tensor:
         """Stage `index`: its downsampling (the stem for 0), position embedding and blocks.

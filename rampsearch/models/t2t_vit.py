@@ -35,11 +35,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import Mlp, get_device_dtype, to_2tuple, trunc_normal_, use_fused_attn
+from timm.layers import Mlp, to_2tuple, trunc_normal_, use_fused_attn
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models.vision_transformer import Block
 
-from ._entrypoints import entrypoint_cfg, feature_take_indices, update_model_args
+from ._entrypoints import entrypoint_cfg, feature_take_indices, reset_head, update_model_args
 
 __all__ = ["T2T_VIT_CONFIGS", "T2TViT", "T2TViTConfig", "build_t2t_vit", "t2t_grid"]
 
@@ -240,13 +240,7 @@ class T2TViT(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """A new head for `num_classes` (0: none); `global_pool` "token", "avg" or "" (no pooling) if given."""
-        if global_pool is not None:
-            if global_pool not in GLOBAL_POOLS:
-                raise ValueError(f"global_pool {global_pool!r}: choose one of {GLOBAL_POOLS}")
-            self.global_pool = global_pool
-        self.num_classes = num_classes
-        self.head = (nn.Linear(self.num_features, num_classes, **get_device_dtype(self)) if num_classes > 0
-                     else nn.Identity())
+        reset_head(self, num_classes, global_pool, GLOBAL_POOLS)
 
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) → tokens with the class token first and position embeddings added."""
