@@ -131,14 +131,15 @@ def fit_budget(ratios: list[float], arch: Architecture, img_size: int, budget: B
         if best is None:
             raise TransferError(
                 f"no ramp of the target ({'+'.join(map(str, arch.depths))} blocks, widths "
-                f"{list(arch.embed_dims)}, {img_size} px) fits the budget ({_describe(budget)}): the cheapest it gets "
-                f"is {flops / 1e9:.4g} GFLOPs, {params / 1e6:.4g} M params; give the target a larger `budget:`")
+                f"{list(arch.embed_dims)}, {img_size} px) fits the budget ({describe_budget(budget)}): the cheapest it "
+                f"gets is {flops / 1e9:.4g} GFLOPs, {params / 1e6:.4g} M params; give the target a larger `budget:`")
         _, b, heads[b], flops, params = best
         moved += 1
     return RampSchedule.from_high_heads(arch, heads), moved
 
 
-def _describe(budget: Budget) -> str:
+def describe_budget(budget: Budget) -> str:
+    """A budget in words: '4.85 GFLOPs, 20 M params', or 'none'."""
     parts = ([f"{budget.gflops:.4g} GFLOPs"] if budget.gflops is not None else []) + (
         [f"{budget.mparams:.4g} M params"] if budget.mparams is not None else [])
     return ", ".join(parts) or "none"
@@ -182,8 +183,8 @@ class Transfer:
         note = "mapped stage by stage and snapped to whole heads"
         if moved:
             changed = sum(a != b for a, b in zip(nearest.ratios, fitted.ratios))
-            note += (f"; its nearest snap was over the target budget ({_describe(self.budget)}), so it moved {moved} "
-                     f"head{'s' if moved > 1 else ''} in {changed} block{'s' if changed > 1 else ''} to fit")
+            note += (f"; its nearest snap was over the target budget ({describe_budget(self.budget)}), so it moved "
+                     f"{moved} head{'s' if moved > 1 else ''} in {changed} block{'s' if changed > 1 else ''} to fit")
         if fitted == RampSchedule.handset(arch):
             note += "; this is the target's hand-set ramp itself"
         return self._on_target(fitted, note)

@@ -302,6 +302,8 @@ def transfer_section(doc, data) -> None:
     if not target:
         return
     from ..flops import flops_model
+    from ..search.space import Budget
+    from ..transfer import describe_budget
 
     doc.section("Transfer")
     source = target["source"]
@@ -311,8 +313,8 @@ def transfer_section(doc, data) -> None:
         f"{target_words(target)}, against that architecture's own hand-set ramp. Each searched ramp was mapped stage "
         "by stage: within a stage, its ratios form a piecewise-linear curve over the stage's normalized depth, read "
         "at the target's block centres and snapped to whole heads (rampsearch.ramp.transfer_ramp). Only the ramp "
-        f"transfers. Target budget: {_budget_words(target['budget'])} ({target['budget_from']}); a mapped ramp over "
-        "it was moved to the nearest snap within it, as its note says.")
+        f"transfers. Target budget: {describe_budget(Budget(**target['budget']))} ({target['budget_from']}); a mapped "
+        "ramp over it was moved to the nearest snap within it, as its note says.")
     specs, colours = _ramp_specs(data), _colours(data)
     mapped = [c for c in data.plan["contenders"] if c["kind"] == "ramp" and c.get("proxy_ramp") is not None]
     fig, axes = plt.subplots(1, len(mapped), figsize=(3.2 * len(mapped) + 1, 3.6), sharey=True, layout="constrained",
@@ -348,12 +350,6 @@ def _arch_words(arch: Architecture) -> str:
     if arch.variant:
         return f"iFormer-{arch.variant}"
     return f"an iFormer with depths {'+'.join(map(str, arch.depths))} and widths {'/'.join(map(str, arch.embed_dims))}"
-
-
-def _budget_words(budget: dict[str, Any]) -> str:
-    parts = ([f"{budget['gflops']:.4g} GFLOPs"] if budget.get("gflops") else []) + (
-        [f"{budget['mparams']:.4g} M params"] if budget.get("mparams") else [])
-    return ", ".join(parts) or "none"
 
 
 # -- search ---------------------------------------------------------------------------------------
