@@ -493,19 +493,22 @@ def _fit(cfg: TrainConfig, proc: _Process, on_epoch: OnEpoch | None) -> TrainRes
 
 
 def evaluate(model: nn.Module, loader: DataLoader | list, device: str | torch.device = "cpu",
-             amp: str = "off") -> dict[str, float]:
-    """Loss, top-1 and top-5 (percent) of `model` over `loader`'s (images, target) batches on one process;
-    `amp` as the recipe key (auto: bf16 where supported)."""
+             amp: str = "off", per_image: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, float]:
+    """Loss, top-1 and top-5 (percent) of `model` over `loader`'s (images, target) batches on one process,
+    with the standard errors of loss and top-1 over images; `amp` as the recipe key (auto: bf16 where
+    supported). `per_image`, if given, receives each batch's (loss, top-1 hit) per image, on the CPU."""
     device = torch.device(device)
-    return _evaluate(model, loader, _Process(0, 1, device, False), amp_dtype(amp, device), False)
+    return _evaluate(model, loader, _Process(0, 1, device, False), amp_dtype(amp, device), False, per_image)
 
 
 @torch.no_grad()
 def _evaluate(model: nn.Module, loader: DataLoader, proc: _Process, amp: torch.dtype | None,
-              channels_last: bool) -> dict[str, float]:
-    """Loss, top-1 and top-5 (percent) over the whole val set, summed exactly across processes."""
+              channels_last: bool, per_image: list | None = None) -> dict[str, float]:
+    """Loss, top-1 and top-5 (percent) over the whole val set, summed exactly across processes, and the
+    standard errors of loss and top-1 over its images (from the sums of squares: no image kept)."""
     model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=proc.device)  # loss sum, top-1, top-5, count
+    # loss sum, loss sum of squares, top-1, top-5, count (top-1 hits are 0/1: their squares are themselves)
+    totals = torch.zeros(5, dtype=torch.float64, device=proc.device)
     for images, target in loader:
         images, target = images.to(proc.device, non_blocking=True), target.to(proc.device, non_blocking=True)
         if channels_last:
@@ -514,12 +517,24 @@ def _evaluate(model: nn.Module, loader: DataLoader, proc: _Process, amp: torch.d
             logits = model(images).float()
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == target.unsqueeze(1)
-        totals += torch.stack([F.cross_entropy(logits, target, reduction="sum"), hits[:, 0].sum(),
-                               hits.any(dim=1).sum(), torch.tensor(len(target))]).to(totals)
+        losses = F.cross_entropy(logits, target, reduction="none").double()
+        totals += torch.stack([losses.sum(), losses.square().sum(), hits[:, 0].sum(), hits.any(dim=1).sum(),
+                               torch.tensor(len(target))]).to(totals)
+        if per_image is not None:
+            per_image.append((losses.cpu(), hits[:, 0].double().cpu()))
     if proc.world > 1:
         dist.all_reduce(totals)
-    loss, top1, top5, count = totals.tolist()
-    return {"loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count}
+    loss, loss_sq, top1, top5, count = totals.tolist()
+    return {"loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count,
+            "loss_se": _standard_error(loss, loss_sq, count), "top1_se": 100 * _standard_error(top1, top1, count)}
+
+
+def _standard_error(total: float, total_sq: float, count: float) -> float:
+    """The standard error of a mean over `count` values from their sum and sum of squares (0 for one value)."""
+    if count < 2:
+        return 0.0
+    variance = max(total_sq - total * total / count, 0.0) / (count - 1)
+    return math.sqrt(variance / count)
 
 
 def _after_epoch(on_epoch: OnEpoch | None, epoch: int, row: dict[str, float], proc: _Process) -> str | None:
@@ -579,10 +594,15 @@ def _finished_result(out: Path) -> TrainResult | None:
     return _result(stored["history"], stored["seconds"], stored["params"], stored.get("stopped"), out)
 
 
+# What a result's `final` keeps of the last epoch (the standard errors are missing from runs before 0.2).
+FINAL_METRICS = ("top1", "top5", "loss", "train_loss", "loss_se", "top1_se")
+
+
 def _write_csv(path: Path, history: list[dict[str, float]]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
+        columns = list(dict.fromkeys(k for row in history for k in row))  # rows of an older run may lack some
+        writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(history)
     os.replace(tmp, path)
@@ -594,7 +614,7 @@ def _result(history: list[dict[str, float]], seconds: float, params: int, stoppe
         raise ConfigError("no epoch was trained")
     best = max(history, key=lambda row: row["top1"])
     img_s = sum(row["img_s"] for row in history) / len(history)
-    final = {k: history[-1][k] for k in ("top1", "top5", "loss", "train_loss")}
+    final = {k: history[-1][k] for k in FINAL_METRICS if k in history[-1]}
     return TrainResult(final, dict(best), history, seconds, params, img_s, len(history), stopped,
                        str(out) if out else None)
 

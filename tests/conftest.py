@@ -18,7 +18,8 @@ REFERENCE_DIR = Path(os.environ.get("RAMPSEARCH_REFERENCE_DIR",
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # at most 2 threads, fewer where OMP_NUM_THREADS says so (a benchmark running beside the tests)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1, int(os.environ.get("OMP_NUM_THREADS") or 2))))
     yield
 
 

@@ -66,7 +66,8 @@ def test_retrain_rescores_finalists_inherits_supernet_weights_and_the_report_say
     assert set(frame["name"]) == {"handset", "best"}
     plan = json.loads((searched / "retrain" / "plan.json").read_text())
     best = next(c for c in plan["contenders"] if c["name"] == "best")
-    assert "supernet score" in best["chosen_by"] and best["init"] == "supernet"
+    assert "supernet search loss on all" in best["chosen_by"] and best["init"] == "supernet"
+    assert "minus runner-up" in best["chosen_by"] and "paired images" in best["chosen_by"]
     assert (searched / "retrain" / "best" / "init.safetensors").is_file()
     config = json.loads((searched / "retrain" / "best" / "seed0" / "config.json").read_text())
     assert config["init"].endswith("init.safetensors") and config["data_split"] == "final"
@@ -127,6 +128,7 @@ def test_method_train_finalists_get_extra_proxy_seeds_and_are_ranked_by_their_me
     best = next(c for c in plan["contenders"] if c["name"] == "best")
     searched = (pd.read_csv(run_dir / "trials.csv").query("state == 'COMPLETE' and not handset"))
     assert len(searched) == 2  # the tiny space's seed gives two searched schedules to choose between
-    assert "mean proxy top-1 over 3 seeds" in best["chosen_by"]  # the search's seed and rescore_seeds: 2 more
+    assert "mean search top-1 over 3 seeds" in best["chosen_by"]  # the search's seed and rescore_seeds: 2 more
+    assert "over 3 paired seeds" in best["chosen_by"]  # the best against the runner-up, seed by seed
     rescored = sorted(p.parent.name for p in (run_dir / "rescore").glob("trial-*/seed*/result.json"))
     assert len(rescored) == 2 * min(len(searched), 3 * 1)  # the best 3 K distinct, 2 more seeds each

@@ -41,7 +41,7 @@ def _searcher(max_epochs: int = 2, seed: int = 0) -> ray_backend.RampOptunaSearc
     space = load_space(TINY)
     return ray_backend.RampOptunaSearch(space=ray_backend.DefineByRun(space), metric="top1", mode="max",
                                         sampler=optuna.samplers.RandomSampler(seed=seed), max_epochs=max_epochs,
-                                        sampler_seed=seed)
+                                        sampler_seed=seed, score_se_key=space.score.se_key)
 
 
 def _state(searcher, number: int) -> TrialState:
@@ -98,7 +98,7 @@ def test_suggest_rejects_over_budget_candidates_with_their_record():
         assert record.folder == config["number"] and record.ray_trial_id == tune_id and record.status is None
 
 
-def test_suggest_rejects_a_candidate_trained_before_as_a_duplicate():
+def test_suggest_rejects_a_duplicate_of_a_candidate_still_training():
     searcher = _searcher()
     space, study = load_space(TINY), ray_backend._optuna_study(searcher)
     for _ in range(2):
@@ -108,7 +108,25 @@ def test_suggest_rejects_a_candidate_trained_before_as_a_duplicate():
     duplicates = {t.number: t for t in study.get_trials() if TrialRecord.of(t).status == DUPLICATE}
     assert all(t.state == TrialState.PRUNED for t in duplicates.values())
     again = duplicates[first["number"] + 1]  # the second proposal of the hand-set ramp
-    assert TrialRecord.of(again).reason == f"the same candidate as trial {first['number']}, never trained"
+    assert TrialRecord.of(again).reason == (f"the same candidate as trial {first['number']}; rejected (it has no "
+                                            "score to give), never trained")
+    assert TrialRecord.of(again).repeat_of == first["number"]
+
+
+def test_suggest_answers_a_duplicate_of_a_finished_trial_with_its_score():
+    searcher = _searcher(max_epochs=1)
+    space, study = load_space(TINY), ray_backend._optuna_study(searcher)
+    first = searcher.suggest("first")
+    epoch = {"top1": 40.0, "top5": 90.0, "loss": 1.0, "train_loss": 1.2, "time_total_s": 3.0, "top1_se": 2.5}
+    searcher.on_trial_complete("first", {**epoch, "epoch": 1, "training_iteration": 1})
+    assert TrialRecord.of(trial_by_number(study, first["number"])).score_se == 2.5
+    study.enqueue_trial(space.handset_params())  # the hand-set ramp proposed again, after it finished
+    second = searcher.suggest("second")
+    repeat = next(t for t in study.get_trials() if TrialRecord.of(t).status == DUPLICATE)
+    record = TrialRecord.of(repeat)
+    assert repeat.state == TrialState.COMPLETE and repeat.value == 40.0 and record.score_se == 2.5
+    assert record.repeat_of == first["number"] and "answered with its score" in record.reason
+    assert second["number"] > repeat.number and not second["handset"]  # the Tune trial got a new candidate
 
 
 def test_searcher_records_asha_stops_completions_and_leaves_errors_to_the_callback():

@@ -294,11 +294,12 @@ def test_top_trials_are_the_best_counted_ones(run_dir):
     rows += [(20, "COMPLETE", 99.0, OVER, False), (21, "PRUNED", 98.0, WITHIN, False)]
     table = top_trials(_trials(rows), space)
     assert table["trial"].tolist() == list(range(TOP_TRIALS + 1, 1, -1))
-    assert list(table.columns) == ["trial", "proxy top-1", "GFLOPs", "per-stage C_h/C", "hand-set"]
+    assert list(table.columns) == ["trial", "search top-1", "± s.e.", "GFLOPs", "per-stage C_h/C", "hand-set"]
     assert table["per-stage C_h/C"].iloc[0] == "1×1 | 0.5×1 | 0.5×2 | 0.333×1"
     written = pd.read_csv(run_dir / "report" / "top_trials.csv")
     trials = pd.read_csv(run_dir / "trials.csv")
-    assert len(written) == (trials["state"] == "COMPLETE").sum() and written["proxy top-1"].is_monotonic_decreasing
+    assert len(written) == (trials["state"] == "COMPLETE").sum() and written["search top-1"].is_monotonic_decreasing
+    assert written["± s.e."].gt(0).all()  # every trained trial's score has its standard error over images
     assert written["hand-set"].sum() == 1
 
 

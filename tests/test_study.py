@@ -148,14 +148,34 @@ def test_best_yaml_says_when_the_hand_set_ramp_won_the_search(tmp_path):
     _finished(study, searched.record(0), 40.0)
     result = standing(study)
     assert result.handset_scored_higher and result.best.number == 1
-    assert "hand-set ramp scored higher than every searched schedule" in result.sentence()
+    assert "hand-set ramp scored better than every searched schedule" in result.sentence()
+    assert "search top-1 50.00% vs 40.00%" in result.sentence()
     write_outputs(study, space, tmp_path)
     best = (tmp_path / "best.yaml").read_text()
-    assert "# Note: the hand-set ramp scored higher" in best
+    assert "# Note: the hand-set ramp scored better" in best and "ranked by search-split top-1 (%)" in best
     data = yaml.safe_load(best)
-    assert data["handset_scored_higher"] is True and data["accuracy"] == 40.0 and data["handset_accuracy"] == 50.0
+    assert data["handset_scored_higher"] is True and data["score"] == 40.0 and data["handset_score"] == 50.0
+    assert data["score_metric"] == "top1"
     _finished(study, searched.record(0), 60.0)  # a searched schedule that beats it: no caveat
     assert not standing(study).handset_scored_higher and standing(study).sentence() is None
+
+
+def test_a_loss_ranked_study_calls_the_lower_loss_better(tmp_path):
+    from rampsearch.search.results import ranked_searched, standing
+
+    space = load_space(ROOT / "tests" / "data" / "tiny_space.yaml").with_score("loss")
+    handset = space.handset()
+    study = optuna.create_study(direction="minimize")
+    _finished(study, handset.record(0), 1.50)
+    for ratios, loss in (((1.0, 0.5, 0.5, 0.5, 1 / 3), 1.40), ((0.0, 0.5, 0.5, 0.5, 1 / 3), 1.60)):
+        _finished(study, space.candidate(handset.arch, RampSchedule(ratios)).record(0), loss)
+    assert [t.values[0] for t, _ in ranked_searched(study)] == [1.40, 1.60]  # lowest loss first
+    result = standing(study)
+    assert result.score.metric == "loss" and not result.handset_scored_higher and result.sentence() is None
+    won = optuna.create_study(direction="minimize")
+    _finished(won, handset.record(0), 1.30)  # a lower loss than the searched schedule's: the hand-set ramp won
+    _finished(won, space.candidate(handset.arch, RampSchedule((1.0, 0.5, 0.5, 0.5, 1 / 3))).record(0), 1.40)
+    assert standing(won).handset_scored_higher and "search loss 1.3000 vs 1.4000" in standing(won).sentence()
 
 
 def test_every_command_that_trains_takes_the_same_flags(capsys):

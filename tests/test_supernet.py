@@ -505,9 +505,9 @@ def test_scores_are_deterministic_percentages_and_leave_the_supernet_alone(space
     candidates = [space.handset()] + [space.candidate(s.arch, s.ramp)
                                       for s in (spec.sample(random.Random(i)) for i in range(2))]
     for candidate in candidates:
-        first, second = scorer.score(candidate), scorer.score(candidate)
+        first, second = scorer.score(candidate).metrics, scorer.score(candidate).metrics
         assert 0 <= first["top1"] <= 100 and 0 <= first["top5"] <= 100 and first["loss"] > 0
-        assert {k: first[k] for k in ("top1", "top5", "loss")} == {k: second[k] for k in ("top1", "top5", "loss")}
+        assert first == second and first["loss_se"] > 0
     assert_same_weights(scorer.supernet.state_dict(), before)  # scoring recalibrates a copy, not the supernet
     # a score is the extracted sub-network's, after BatchNorm recalibration on the bn images
     candidate = candidates[1]
@@ -515,9 +515,14 @@ def test_scores_are_deterministic_percentages_and_leave_the_supernet_alone(space
     stale = evaluate(model, scorer.score_batches)
     recalibrate_batchnorm(model, scorer.bn_batches)
     expected = evaluate(model, scorer.score_batches)
-    assert {k: scorer.score(candidate)[k] for k in expected} == expected and stale["loss"] != expected["loss"]
+    scored = scorer.score(candidate)
+    assert scored.metrics == expected and stale["loss"] != expected["loss"]
+    # per image, on the same 8 images for every candidate: the values the mean and paired comparisons use
+    assert scored.losses.shape == scored.hits.shape == (8,)
+    assert scored.losses.mean().item() == pytest.approx(expected["loss"])
+    assert scored.per_image("top1").mean().item() == pytest.approx(expected["top1"])
     row = score_candidate(space, folder, candidates[0])
-    assert row["epoch"] == 1 and row["history"] == [{k: row[k] for k in ("epoch", "top1", "top5", "loss")}]
+    assert row["epoch"] == 1 and row["history"] == [{k: row[k] for k in ("epoch", *expected)}]
 
 
 # -- found while writing these tests, and fixed ----------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..config import parse_set
 from ..search import SearchOptions, SearchOutcome, SearchShortfall, run_search
 from ..search.rdb import check_storage_url
+from ..search.score import Score
 from ..search.space import load_space
 from .common import (add_device_arg, add_keep_checkpoints_arg, add_output_args, add_set_arg, logger, positive_int,
                      print_json)
@@ -87,6 +88,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _with_se(score: Score, trial: dict) -> str:
+    """A trial's score with its standard error over images, when recorded."""
+    se = trial.get("score_se")
+    return score.format(trial["score"]) + (f" ± {score.format(se)} (s.e.)" if se is not None else "")
+
+
 def _print_summary(outcome: SearchOutcome, run_dir: Path, as_json: bool) -> None:
     summary = outcome.summary()
     if as_json:
@@ -95,12 +102,12 @@ def _print_summary(outcome: SearchOutcome, run_dir: Path, as_json: bool) -> None
     c = summary["counts"]
     print(f"{c['done']} complete, {c['pruned']} pruned, {c['failed']} failed, {c['over_budget']} over budget "
           f"in {summary['seconds']:.0f}s; study '{summary['study']}' in {run_dir}")
-    best = summary["best"]
+    best, score = summary["best"], outcome.standing.score
     if best:
-        print(f"best searched: trial {best['trial']}: top-1 {best['accuracy']:.2f}%, "
+        print(f"best searched: trial {best['trial']}: {score.short} {_with_se(score, best)}, "
               f"{best['flops'] / 1e9:.4g} GFLOPs, {best['params'] / 1e6:.3g}M params -> {outcome.paths['best']}")
     elif summary["handset"]:
-        print(f"no searched schedule completed; the hand-set ramp scored {summary['handset']['accuracy']:.2f}%")
+        print(f"no searched schedule completed; the hand-set ramp scored {_with_se(score, summary['handset'])}")
     if summary["note"]:
         print(f"note: {summary['note']}")
     print(f"trials: {outcome.paths['csv']}")

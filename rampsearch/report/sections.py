@@ -39,7 +39,7 @@ from ..config import load_recipe  # noqa: E402
 from ..model_spec import ModelSpec  # noqa: E402
 from ..ramp import RampSchedule  # noqa: E402
 from ..redact import redact  # noqa: E402
-from ..search.record import ONE_SHOT  # noqa: E402
+from ..search.record import ONE_SHOT, TrialRecord  # noqa: E402
 from ..search.space import SUPERNET  # noqa: E402
 from .spectra import retrain_recipe, trained_profiles  # noqa: E402
 from .stats import Comparison, compare, kendall_tau, mean_std  # noqa: E402
@@ -175,7 +175,7 @@ def _summary_rows(data, name: RetrainName) -> pd.DataFrame:
         row = {"schedule": c["name"], "kind": _kind(c), "per-stage C_h/C": _contender_stages(c),
                "params (M)": c["params"] / 1e6, "GFLOPs": c["flops"] / 1e9,
                "img/s": c.get("inference_img_s", math.nan),
-               "search top-1": math.nan if c.get("proxy_score") is None else c["proxy_score"],
+               data.space.score.short: math.nan if c.get("proxy_score") is None else c["proxy_score"],
                f"{top1} mean": mean, f"{top1} std": std if len(scores) > 1 else math.nan,
                top1: _top1_text(scores), "seeds": len(scores),
                "Δ vs hand-set": math.nan, "95% CI": "", "test": "", "p": math.nan}
@@ -196,11 +196,12 @@ def summary_section(doc, data) -> str:
     doc.paragraph(verdict, css_class="verdict")
     top1 = f"{name.short} top-1"
     accuracy = frame[["schedule", top1, "seeds", "Δ vs hand-set", "95% CI", "test", "p"]]
-    cost = frame[["schedule", "kind", "per-stage C_h/C", "params (M)", "GFLOPs", "img/s", "search top-1"]]
+    cost = frame[["schedule", "kind", "per-stage C_h/C", "params (M)", "GFLOPs", "img/s", data.space.score.short]]
     doc.table(frame.drop(columns=[top1]), "summary", views=[accuracy, cost])
     doc.paragraph(
         f"{top1} is the last-epoch validation accuracy of the {name.long}, mean ± std over seeds (with one seed, "
-        f"the score alone); search top-1 is {_search_score_words(data)}. The difference to the "
+        f"the score alone); {data.space.score.short} is {_search_score_words(data)}, the "
+        f"{data.space.score.label} the search ranked by. The difference to the "
         "hand-set ramp has a 95% confidence interval and a t-test over seeds, named as run: paired t when both "
         "schedules ran the same seeds, Welch t otherwise; with one seed, or when every seed differs by the same "
         "amount, there is no test. img/s is the inference throughput measured once when retraining (fp32, eval "
@@ -355,7 +356,7 @@ def _arch_words(arch: Architecture) -> str:
 # -- search ---------------------------------------------------------------------------------------
 
 def accuracy_column(space) -> str:
-    """The trials.csv column holding the accuracy objective."""
+    """The trials.csv column holding the accuracy objective: the searched score (`search.score`)."""
     return f"value_{space.objectives.index('accuracy')}" if space.multi_objective else "value"
 
 
@@ -375,28 +376,33 @@ def counted(trials: pd.DataFrame, space) -> pd.Series:
 
 
 def best_so_far(trials: pd.DataFrame, space) -> np.ndarray:
-    """Per trial in number order, the best accuracy of the counted trials up to it (NaN before the first)."""
+    """Per trial in number order, the best score of the counted trials up to it (NaN before the first)."""
     ordered = trials.sort_values("number")
-    values = ordered[accuracy_column(space)].where(counted(ordered, space))
-    return values.astype(float).cummax().ffill().to_numpy()  # cummax leaves a NaN where a trial does not count
+    values = ordered[accuracy_column(space)].where(counted(ordered, space)).astype(float)
+    best = values.cummin() if space.score.direction == "minimize" else values.cummax()
+    return best.ffill().to_numpy()  # cummin/cummax leave a NaN where a trial does not count
 
 
 def top_trials(trials: pd.DataFrame, space, k: int = TOP_TRIALS) -> pd.DataFrame:
-    """The `k` best counted trials: number, accuracy, GFLOPs, per-stage C_h/C, hand-set flag."""
-    acc = accuracy_column(space)
-    ranked = trials[counted(trials, space)].sort_values([acc, "number"], ascending=[False, True]).head(k)
+    """The `k` best counted trials: number, searched score and its standard error over images, GFLOPs,
+    per-stage C_h/C, hand-set flag."""
+    acc, score = accuracy_column(space), space.score
+    ascending = score.direction == "minimize"
+    ranked = trials[counted(trials, space)].sort_values([acc, "number"], ascending=[ascending, True]).head(k)
+    se = trials["score_se"] if "score_se" in trials else pd.Series(np.nan, index=trials.index)
     rows = []
-    for _, t in ranked.iterrows():
+    for index, t in ranked.iterrows():
         arch = Architecture.from_dict(json.loads(t["architecture"]))
-        rows.append({"trial": int(t["number"]), "proxy top-1": float(t[acc]), "GFLOPs": t["flops"] / 1e9,
+        rows.append({"trial": int(t["number"]), score.short: float(t[acc]), "± s.e.": float(se[index]),
+                     "GFLOPs": t["flops"] / 1e9,
                      "per-stage C_h/C": _stages_text(arch, RampSchedule(tuple(json.loads(t["ramp"])))),
                      "hand-set": bool(t["handset"])})
-    return pd.DataFrame(rows, columns=["trial", "proxy top-1", "GFLOPs", "per-stage C_h/C", "hand-set"])
+    return pd.DataFrame(rows, columns=["trial", score.short, "± s.e.", "GFLOPs", "per-stage C_h/C", "hand-set"])
 
 
-def _last_top1(trials: pd.DataFrame) -> pd.Series:
-    """Each trial's last reported proxy top-1 (on the search split) (a pruned trial has no final value)."""
-    epochs = trials.filter(regex=r"^top1_e\d+$")
+def _last_score(trials: pd.DataFrame, metric: str) -> pd.Series:
+    """Each trial's last reported `metric` (on the search split) (a pruned trial has no final value)."""
+    epochs = trials.filter(regex=rf"^{metric}_e\d+$")
     epochs = epochs[sorted(epochs.columns, key=lambda c: int(c.rsplit("e", 1)[1]))]
     return epochs.ffill(axis=1).iloc[:, -1] if epochs.shape[1] else pd.Series(np.nan, index=trials.index)
 
@@ -422,7 +428,7 @@ def history_figure(trials: pd.DataFrame, space):
         ax.scatter(ring["number"], ring[acc], s=120, facecolors="none", edgecolors=HANDSET_COLOUR, zorder=3,
                    label="hand-set ramp" + ("" if ok[ring.index].all() else " (over budget: not counted)"))
     pruned = trials[trials["state"] == "PRUNED"]
-    last = _last_top1(pruned).dropna()
+    last = _last_score(pruned, space.score.metric).dropna()
     if len(last):
         ax.scatter(pruned.loc[last.index, "number"], last, marker="x", color="grey", label="pruned (last epoch)")
     _at_bottom(ax, trials.loc[trials["state"] == "OVER_BUDGET", "number"], marker="|", color="red", s=80,
@@ -432,18 +438,18 @@ def history_figure(trials: pd.DataFrame, space):
     best = best_so_far(trials, space)
     if np.isfinite(best).any():
         ax.step(trials["number"], best, where="post", color="C1", label="best so far (complete, within budget)")
-    ax.set(xlabel="trial", ylabel="proxy top-1 (%)", title="Optimization history")
+    ax.set(xlabel="trial", ylabel=space.score.label, title="Optimization history")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are numbered
     _legend_outside(fig, ax)
     return fig
 
 
-def _pareto(points: pd.DataFrame, acc: str) -> pd.DataFrame:
-    """The trials no other trial beats on both fewer FLOPs and higher accuracy, by FLOPs."""
-    ordered = points.sort_values(["flops", acc], ascending=[True, False])
-    best, keep = -math.inf, []
+def _pareto(points: pd.DataFrame, acc: str, score) -> pd.DataFrame:
+    """The trials no other trial beats on both fewer FLOPs and a better score, by FLOPs."""
+    ordered = points.sort_values(["flops", acc], ascending=[True, score.direction == "minimize"])
+    best, keep = None, []
     for idx, row in ordered.iterrows():
-        if row[acc] > best:
+        if best is None or score.better(row[acc], best):
             keep.append(idx)
             best = row[acc]
     return ordered.loc[keep]
@@ -461,12 +467,12 @@ def pareto_figure(trials: pd.DataFrame, space):
         ax.scatter(hand["flops"] / 1e9, hand[acc], color=HANDSET_COLOUR, marker="*", s=160, label="hand-set ramp")
     _at_bottom(ax, trials.loc[trials["state"] == "OVER_BUDGET", "flops"] / 1e9, marker="|", color="red", s=80,
                label="over budget (never trained)")
-    front = _pareto(trials[ok], acc)
+    front = _pareto(trials[ok], acc, space.score)
     if len(front) > 1:
         ax.plot(front["flops"] / 1e9, front[acc], color="C2", drawstyle="steps-post", label="Pareto front")
     if space.budget.gflops:
         ax.axvline(space.budget.gflops, color="red", linestyle="--", label="FLOPs budget")
-    ax.set(xlabel="GFLOPs (fvcore)", ylabel="proxy top-1 (%)", title="Accuracy vs FLOPs")
+    ax.set(xlabel="GFLOPs (fvcore)", ylabel=space.score.label, title="Searched score vs FLOPs")
     ax.ticklabel_format(axis="x", style="plain", useOffset=False)  # GFLOPs as written, not as an offset
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # long labels of small GFLOPs stay apart
     _legend_outside(fig, ax)
@@ -480,15 +486,18 @@ def search_section(doc, data) -> None:
         doc.paragraph("No trials.csv in the run directory.")
         return
     counts = trials["state"].value_counts().rename_axis("state").reset_index(name="trials")
-    one_shot = _one_shot(data)
+    one_shot, score = _one_shot(data), data.space.score
     doc.table(counts, "trial_counts")
     doc.figure(history_figure(trials, data.space), "history",
-               f"{'Supernet score' if one_shot else 'Proxy top-1'} per trial, on the search split. The best-so-far "
-               "line steps up only at complete, within-budget trials; over-budget candidates (never trained) and failed trials are marked along the bottom.")
+               f"{'Supernet' if one_shot else 'Proxy'} {score.label} per trial: the score the search ranked by "
+               "(search.score). The best-so-far line moves only at complete, within-budget trials; over-budget "
+               "candidates (never trained) and failed trials are marked along the bottom.")
     doc.figure(pareto_figure(trials, data.space), "pareto",
-               "Pareto front of proxy accuracy vs FLOPs over the complete, within-budget trials, with the budget "
-               "line; over-budget candidates are marked along the bottom at their FLOPs.")
-    doc.paragraph(f"Top trials: the best complete, within-budget trials of the search (at most {TOP_TRIALS}).")
+               f"Pareto front of the searched score ({score.short}) vs FLOPs over the complete, within-budget "
+               "trials, with the budget line; over-budget candidates are marked along the bottom at their FLOPs.")
+    doc.paragraph(f"Top trials: the best complete, within-budget trials of the search (at most {TOP_TRIALS}) by "
+                  f"{score.label}, each with its standard error over the scoring images (± s.e.). Repeats of a "
+                  "candidate scored earlier (state DUPLICATE) were answered with its score and never trained.")
     doc.table(top_trials(trials, data.space), "top_trials")
     _importances(doc, data)
 
@@ -496,7 +505,8 @@ def search_section(doc, data) -> None:
 def _importances(doc, data) -> None:
     import optuna
 
-    complete = len(data.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    finished = data.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    complete = sum(not TrialRecord.of(t).rejected for t in finished)  # repeats answered from a trial are not new
     if complete < MIN_TRIALS_FOR_IMPORTANCE:
         doc.paragraph(f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} complete trials; "
                       f"this search has {complete}.")
@@ -509,8 +519,10 @@ def _importances(doc, data) -> None:
         return
     frame = pd.DataFrame({"parameter": list(importances), "importance": list(importances.values())})
     doc.table(frame, "param_importances")
-    doc.paragraph(f"Parameter importances of the accuracy objective: Optuna's default evaluator over the "
-                  f"{complete} complete trials.")
+    repeats = len(finished) - complete
+    doc.paragraph(f"Parameter importances of the searched score ({data.space.score.short}): Optuna's default "
+                  f"evaluator over the {complete} complete trials"
+                  + (f" and {repeats} repeats answered with their earlier trial's score." if repeats else "."))
 
 
 # -- proxy fidelity -------------------------------------------------------------------------------
@@ -518,18 +530,19 @@ def _importances(doc, data) -> None:
 def proxy_fidelity_section(doc, data) -> None:
     """Kendall τ between the search's scores and the retraining's (on a target: transfer fidelity)."""
     doc.section("Transfer fidelity" if data.target else "Proxy fidelity")
-    name = retrain_name(data)
+    name, score = retrain_name(data), data.space.score
     retrained = f"{name.short} top-1 mean"
     rows = []
     for c in data.plan["contenders"]:
         scores = _seed_scores(data, c["name"])
         if c["kind"] == "ramp" and c.get("proxy_score") is not None and scores:
-            rows.append({"schedule": c["name"], "search top-1": c["proxy_score"], retrained: float(np.mean(scores))})
+            rows.append({"schedule": c["name"], score.short: c["proxy_score"], retrained: float(np.mean(scores))})
     frame = pd.DataFrame(rows)
     if len(frame) < 2:
         doc.paragraph("Fewer than two retrained schedules have a search score: no ranking to compare.")
         return
-    tau, p = kendall_tau(frame["search top-1"], frame[retrained])
+    # a better score ranks higher on both sides, so a positive τ is agreement whatever the search ranked by
+    tau, p = kendall_tau(-score.sort_key(frame[score.short]), frame[retrained])
     one_shot = _one_shot(data)
     scores = "the supernet's scores" if one_shot else "the search's proxy scores"
     between = f"Kendall τ between {scores} and the {name.long} (standalone trainings) over {len(frame)} schedules"
@@ -545,13 +558,16 @@ def proxy_fidelity_section(doc, data) -> None:
     doc.table(frame, "proxy_fidelity")
     colours = _colours(data)
     fig, ax = plt.subplots(figsize=SQUARE, layout="constrained")
-    ax.scatter(frame["search top-1"], frame[retrained], color=[colours[s] for s in frame["schedule"]])
+    ax.scatter(frame[score.short], frame[retrained], color=[colours[s] for s in frame["schedule"]])
+    if score.direction == "minimize":
+        ax.invert_xaxis()  # better to the right on both axes
     for _, row in frame.iterrows():
-        ax.annotate(row["schedule"], (row["search top-1"], row[retrained]), xytext=(4, 4),
+        ax.annotate(row["schedule"], (row[score.short], row[retrained]), xytext=(4, 4),
                     textcoords="offset points", fontsize=8)
     ax.margins(0.15)  # room for the labels inside the axes
     question = "Does the proxy rank like the target?" if data.target else "Does the proxy rank like retraining?"
-    ax.set(xlabel="search top-1 (%)", ylabel=f"{name.short} top-1 (%)", title=question)
+    ax.set(xlabel=score.label + (", axis reversed" if score.direction == "minimize" else ""),
+           ylabel=f"{name.short} top-1 (%)", title=question)
     doc.figure(fig, "proxy_fidelity", f"Search (proxy) score vs {name.long} score per schedule.")
 
 

@@ -32,7 +32,9 @@ from .record import FAILED, INTERRUPTED, TrialRecord
 from .results import Standing, standing, write_outputs
 from .one_shot import SUPERNET_DIR
 from .space import ONE_SHOT, SearchSpace, check_budget, load_space
-from .study import interrupted_numbers, search_metadata
+from .score import Score
+from .distinct import covers
+from .study import MAX_STALLED_PROPOSALS, interrupted_numbers, run_score, search_metadata, stalled_proposals
 from .trial import candidate_spec, train_config
 
 BACKENDS = {"optuna": "rampsearch.search.optuna_backend", "ray": "rampsearch.search.ray_backend"}
@@ -47,6 +49,7 @@ class SearchOutcome:
     flops_range: tuple[int, int]
     seconds: float
     standing: Standing
+    complete: str | None = None  # said when every distinct candidate the budget admits was scored
 
     def summary(self) -> dict[str, Any]:
         best = self.standing.best
@@ -55,12 +58,14 @@ class SearchOutcome:
         return {
             "run_dir": str(self.run_dir), "study": self.study.study_name, "counts": self.counts,
             "flops_range": list(self.flops_range), "seconds": round(self.seconds, 1),
-            "files": {k: str(v) for k, v in self.paths.items()},
+            "files": {k: str(v) for k, v in self.paths.items()}, "score_metric": self.standing.score.metric,
             "best": None if best is None else {
-                "trial": best.number, "accuracy": best.values[0], "flops": record.flops,
+                "trial": best.number, "score": best.values[0], "score_se": record.score_se, "flops": record.flops,
                 "params": record.params, "ramp": list(record.ramp)},
-            "handset": None if handset is None else {"trial": handset.number, "accuracy": handset.values[0]},
+            "handset": None if handset is None else {"trial": handset.number, "score": handset.values[0],
+                                                     "score_se": TrialRecord.of(handset).score_se},
             "handset_scored_higher": self.standing.handset_scored_higher,
+            "complete": self.complete,
             "note": self.standing.sentence(),
         }
 
@@ -85,6 +90,7 @@ def write_metadata(run_dir: Path, options: SearchOptions, backend: str, space: S
 
     meta = search_metadata(run_dir)
     meta |= {"command": redact_command(sys.argv), "backend": backend, "study": options.study,
+             "score": space.search.score,
              "storage": redact(options.storage) or "study.journal",
              "storage_kind": "rdb" if options.storage else "journal",
              "set": options.overrides, "method": options.method, "supernet": options.supernet,
@@ -157,12 +163,13 @@ def _failure(trials: list[FrozenTrial]) -> str:
     return "no trial completed (every trained trial was pruned); lower the pruner's aggressiveness or add trials"
 
 
-def _shortfall(trials: list[FrozenTrial], wanted: int, shared: bool) -> str | None:
+def _shortfall(trials: list[FrozenTrial], wanted: int, shared: bool, complete: bool = False) -> str | None:
     """Why the search fell short of its goal, or None if it reached it.
 
-    The goal: `wanted` trials trained to a verdict (complete, or pruned by the pruner), none failed,
-    none left unfinished by this process, and the hand-set baseline complete. In a study shared
-    through a database (`shared`), trials other processes are still training count as theirs.
+    The goal: `wanted` trials trained to a verdict (complete, or pruned by the pruner), or fewer when
+    they are every candidate the budget admits (`complete`), none failed, none left unfinished by
+    this process, and the hand-set baseline complete. In a study shared through a database
+    (`shared`), trials other processes are still training count as theirs.
     """
     interrupted = interrupted_numbers(trials)
     records = {t.number: TrialRecord.of(t) for t in trials}
@@ -180,10 +187,12 @@ def _shortfall(trials: list[FrozenTrial], wanted: int, shared: bool) -> str | No
     if unfinished:
         problems.append(f"trial(s) {unfinished} did not finish; rerun the same command to resume them from their "
                         "checkpoints")
-    elif len(finished) + len(running) < wanted:
+    elif len(finished) + len(running) < wanted and not complete:
         problems.append(f"only {len(finished)} of {wanted} trials finished"
-                        + ("; the sampler kept proposing candidates over budget or already trained"
-                           if any(r.rejected for r in records.values()) else ""))
+                        + (f"; the sampler's last {MAX_STALLED_PROPOSALS} proposals were over budget or repeats of "
+                           "scored candidates: widen ramp.range, add knots, loosen the budget, or try another "
+                           "sampler (random explores where TPE exploits)"
+                           if stalled_proposals(trials) >= MAX_STALLED_PROPOSALS else ""))
     if not any(t.state == TrialState.COMPLETE or t.number in running for t in handset):
         problems.append("the hand-set baseline did not complete, so nothing can be judged against it")
     return "; ".join(problems) or None
@@ -201,6 +210,11 @@ def run_search(space_file: str | Path, run_dir: str | Path, options: SearchOptio
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # trials.csv and our progress say what matters, no tracebacks
     space_file, run_dir = Path(space_file), Path(run_dir)
     space = load_space(space_file, options.overrides)
+    resumed = run_score(run_dir)
+    if resumed is not None and resumed != space.search.score:
+        log(f"resuming a search that ranks by {Score(resumed).short} (its study was created so), not by the "
+            f"space's {space.score.short}")
+        space = space.with_score(resumed)
     options = _with_method(space, options)
     low, high, warning = check_budget(space)
     preflight(space, options)
@@ -210,6 +224,11 @@ def run_search(space_file: str | Path, run_dir: str | Path, options: SearchOptio
     log(f"space {space.name}: candidates span {low / 1e9:.4g}-{high / 1e9:.4g} GFLOPs at {space.img_size}px; "
         f"{budget}; " + (f"{options.trials} candidates scored on a supernet" if options.method == ONE_SHOT
                          else f"{options.trials} trials of {space.proxy.epochs} proxy epochs"))
+    grid = space.grid()
+    log(f"ranked by {space.score.label} (search.score); " + (
+        f"the budget admits {len(grid)} distinct candidates: the search stops early, complete, if it scores them all"
+        if grid is not None else "too many distinct candidates to list; repeats are redrawn or answered from the "
+                                 "earlier trial"))
     if warning:
         log(f"warning: {warning}")
     prepare_run_dir(space_file, run_dir, options.overrides)
@@ -217,7 +236,7 @@ def run_search(space_file: str | Path, run_dir: str | Path, options: SearchOptio
     start = time.perf_counter()
     if options.method == ONE_SHOT:
         _ensure_supernet(space, options, run_dir, show_progress, log)
-    progress = Progress(options.trials, enabled=show_progress)
+    progress = Progress(options.trials, enabled=show_progress, score=space.score)
     try:
         study = import_module(BACKENDS[backend]).run(space, space_file, run_dir, options, progress)
         progress.update(study.get_trials(deepcopy=False))
@@ -229,11 +248,15 @@ def run_search(space_file: str | Path, run_dir: str | Path, options: SearchOptio
     meta["seconds"] = round(meta.get("seconds", 0) + time.perf_counter() - start, 1)  # summed over resumes
     meta_file.write_text(json.dumps(meta, indent=2))
     trials = study.get_trials(deepcopy=False)
-    outcome = SearchOutcome(run_dir, study, paths, counts(trials), (low, high), time.perf_counter() - start,
-                            standing(study))
+    complete = (f"complete: every one of the {len(grid)} distinct candidates within budget was scored"
+                if grid is not None and covers(trials, grid) else None)
+    outcome = SearchOutcome(run_dir, study, paths, counts(trials, space.score), (low, high),
+                            time.perf_counter() - start, standing(study), complete)
     if outcome.counts["done"] == 0:
         raise RunFailed(f"search {run_dir}: {_failure(trials)} (trials.csv has every trial's reason)")
-    shortfall = _shortfall(trials, options.trials, shared=bool(options.storage))
+    if complete:
+        log(f"search {complete}")
+    shortfall = _shortfall(trials, options.trials, shared=bool(options.storage), complete=complete is not None)
     if shortfall:
         raise SearchShortfall(f"search {run_dir} fell short: {shortfall} (trials.csv has every trial's "
                               "record; the results so far are written)", outcome)

@@ -2,10 +2,12 @@
 
 The supernet (rampsearch.supernet) trains through `train.fit` like any model, on the training data
 minus the search split; a search keeps it in RUN_DIR/supernet/ unless `--supernet DIR` names one
-trained earlier for the same space. A candidate's score is the top-1 of the sub-network extracted
-from it (the very model that would be deployed), after re-estimating its BatchNorm statistics on
-`bn_images` training images, over the first `score_images` images of the search split: the same
-fixed images for every candidate, so scores are paired. Scoring runs in the recipe's precision (`amp`).
+trained earlier for the same space. A candidate is scored by the sub-network extracted from it (the
+very model that would be deployed), after re-estimating its BatchNorm statistics on `bn_images`
+training images, over the first `score_images` images of the search split: the same fixed images
+for every candidate, so scores are paired. A score has every metric with its standard error over
+images, and the per-image values (`Scored`) for paired comparisons (rampsearch.search.score); the
+search ranks by `search.score` (default: the loss). Scoring runs in the recipe's precision (`amp`).
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from ..config import SEARCH
 from ..data import data_identity
 from ..model_spec import ModelSpec
 from ..supernet import RampSupernet, Subnet, SupernetError, SupernetSpec
+from .score import LOSS
 from .space import Candidate, SearchSpace
 from .trial import train_config
 
@@ -114,6 +117,20 @@ def recalibrate_batchnorm(model: nn.Module, batches: list[tuple[torch.Tensor, to
     model.eval()
 
 
+@dataclass(frozen=True)
+class Scored:
+    """A candidate's scores on the scoring images, with the per-image values a paired comparison needs."""
+
+    metrics: dict[str, float]  # top1, top5, loss and their standard errors over images (train.evaluate)
+    losses: torch.Tensor  # per image, in scoring order
+    hits: torch.Tensor  # per image: 1.0 where top-1 was right
+    seconds: float
+
+    def per_image(self, metric: str) -> torch.Tensor:
+        """Per-image values of `metric` (rampsearch.search.score: loss, or top1 in percent)."""
+        return self.losses if metric == LOSS else 100 * self.hits
+
+
 @dataclass
 class Scorer:
     """A supernet with its fixed scoring and BatchNorm images, ready to score candidates."""
@@ -129,8 +146,8 @@ class Scorer:
         """How many search-split images a score is over."""
         return sum(len(target) for _, target in self.score_batches)
 
-    def score(self, candidate: Candidate) -> dict[str, Any]:
-        """Top-1, top-5 and loss of the candidate's sub-network on the scoring images, and the seconds taken."""
+    def score(self, candidate: Candidate) -> Scored:
+        """The candidate's sub-network on the scoring images: its metrics and per-image values."""
         from ..train import amp_dtype, evaluate
 
         started = time.perf_counter()
@@ -138,8 +155,10 @@ class Scorer:
         dtype = amp_dtype(self.amp, torch.device(self.device))
         with torch.autocast(torch.device(self.device).type, dtype=dtype, enabled=dtype is not None):
             recalibrate_batchnorm(model, self.bn_batches)
-        metrics = evaluate(model, self.score_batches, self.device, self.amp)
-        return {**metrics, "seconds": time.perf_counter() - started}
+        per_image: list[tuple[torch.Tensor, torch.Tensor]] = []
+        metrics = evaluate(model, self.score_batches, self.device, self.amp, per_image=per_image)
+        losses, hits = (torch.cat(values) for values in zip(*per_image))
+        return Scored(metrics, losses, hits, time.perf_counter() - started)
 
 
 def make_scorer(space: SearchSpace, folder: Path, device: str = "cpu", score_images: int | None = None) -> Scorer:
@@ -171,6 +190,6 @@ def score_candidate(space: SearchSpace, folder: Path, candidate: Candidate, devi
     if key not in _SCORERS:
         _SCORERS.clear()
         _SCORERS[key] = make_scorer(space, folder, device)
-    result = _SCORERS[key].score(candidate)
-    row = {"epoch": 1, **{k: result[k] for k in ("top1", "top5", "loss")}}
-    return {**row, "history": [row], "seconds": result["seconds"]}
+    scored = _SCORERS[key].score(candidate)
+    row = {"epoch": 1, **scored.metrics}
+    return {**row, "history": [row], "seconds": scored.seconds}

@@ -10,7 +10,7 @@ the yardstick every other trial is judged against.
 """
 from __future__ import annotations
 
-import logging
+import dataclasses
 import multiprocessing
 import os
 import sys
@@ -24,9 +24,10 @@ from .options import SearchOptions
 from .progress import Progress, epoch_line
 from .rdb import DatabaseUnavailable
 from .record import FAILED, INTERRUPTED, PRUNED, TrialRecord
-from .space import SearchSpace, load_space
-from .study import (MAX_OVER_BUDGET_PER_TRIAL, counted_trials, duplicate_of, mend, open_study,
-                    worker_identity)
+from .space import SearchSpace
+from .distinct import covers
+from .study import (MAX_STALLED_PROPOSALS, counted_trials, duplicate_of, mend, open_study, repeat_answer,
+                    stalled_proposals, worker_identity)
 from .trial import admitted, evaluate_candidate
 
 # How often the parent of --workers processes refreshes its progress line.
@@ -37,16 +38,23 @@ EpochLine = Callable[[int, int, dict[str, float]], None]  # (trial number, epoch
 
 def make_objective(space: SearchSpace, run_dir: Path, options: SearchOptions, seed: int,
                    on_epoch: EpochLine | None = None) -> Callable[[optuna.Trial], Any]:
+    score = space.score
+
     def objective(trial: optuna.Trial) -> Any:
         TrialRecord(worker=worker_identity(), sampler_seed=seed).write(trial)
         candidate = space.suggest(trial)
         if not admitted(candidate):
             raise optuna.TrialPruned(candidate.describe_violation())
         earlier = duplicate_of(trial.study, trial)
-        if earlier is not None:
-            record = TrialRecord.duplicate(earlier)
-            record.write(trial)
-            raise optuna.TrialPruned(record.reason)
+        if earlier is not None:  # answered with the earlier trial's score (never trained), or rejected
+            answer = repeat_answer(trial.study, earlier)
+            record = TrialRecord.duplicate(earlier, answered=answer is not None)
+            if answer is None:
+                record.write(trial)
+                raise optuna.TrialPruned(record.reason)
+            values, se = answer
+            dataclasses.replace(record, score_se=se, method=options.method).write(trial)
+            return tuple(values) if space.multi_objective else values[0]
         given = TrialRecord.of(trial)
         # A retried trial trains in its original's folder, so training resumes from its checkpoint.
         folder_number = given.folder if given.folder is not None else trial.number
@@ -60,7 +68,7 @@ def make_objective(space: SearchSpace, run_dir: Path, options: SearchOptions, se
             if on_epoch:
                 on_epoch(trial.number, epoch, metrics)
             if not space.multi_objective:
-                trial.report(metrics["top1"], epoch)
+                trial.report(metrics[score.metric], epoch)
                 if not candidate.handset and trial.should_prune():
                     reason = f"pruned by the {space.search.pruner} pruner after epoch {epoch}/{space.proxy.epochs}"
                     TrialRecord(status=PRUNED, reason=reason).write(trial)
@@ -78,11 +86,12 @@ def make_objective(space: SearchSpace, run_dir: Path, options: SearchOptions, se
             raise
         # the training's own per-epoch record: complete even when the trial resumed or its training
         # had finished before (a retry whose original died after training, before telling Optuna)
-        final = TrialRecord(duration_s=result["seconds"], method=options.method)
+        final = TrialRecord(duration_s=result["seconds"], method=options.method, score_se=result.get(score.se_key))
         for row in result["history"]:
             final = final.with_epoch(row["epoch"], row)
         final.write(trial)
-        values = {"accuracy": result["top1"], "flops": candidate.flops / 1e9, "params": candidate.params / 1e6}
+        values = {"accuracy": result[score.metric], "flops": candidate.flops / 1e9,
+                  "params": candidate.params / 1e6}
         return tuple(values[o] for o in space.objectives) if space.multi_objective else values["accuracy"]
 
     return objective
@@ -94,16 +103,15 @@ def work(space: SearchSpace, run_dir: Path, options: SearchOptions, study: optun
     is the seed of the study's sampler, recorded on every trial."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial's failure is in its record
     objective = make_objective(space, run_dir, options, seed, on_epoch)
+    grid = space.grid()
     while True:
         mend(study)
-        active, rejected = counted_trials(study.get_trials(deepcopy=False))
-        if active >= options.trials:
-            return
-        if rejected > MAX_OVER_BUDGET_PER_TRIAL * options.trials:
-            logging.getLogger(__name__).warning(
-                "stopping: the sampler proposed %d candidates that were over budget or already trained; "
-                "loosen the budget or widen the space", rejected)
-            return
+        trials = study.get_trials(deepcopy=False)
+        active, _ = counted_trials(trials)
+        if active >= options.trials or (grid is not None and covers(trials, grid)):
+            return  # the goal, or a complete search: every candidate the budget admits was scored
+        if stalled_proposals(trials) >= MAX_STALLED_PROPOSALS:
+            return  # nothing new where the sampler looks; run_search says so
         try:
             study.optimize(objective, n_trials=1, catch=(Exception,))
         except Exception as exc:  # Optuna, unable to record the trial's end, raises its own error over ours
@@ -119,13 +127,13 @@ def _print_epoch(trial: int, epoch: int, metrics: dict[str, float]) -> None:
     print(epoch_line(trial, epoch, metrics), file=sys.stderr, flush=True)
 
 
-def _work_in_process(space_file: str, overrides: dict[str, Any] | None, run_dir: str, options: SearchOptions,
-                     worker: int, seed: int, threads: int, show_epochs: bool) -> None:
+def _work_in_process(space: SearchSpace, run_dir: str, options: SearchOptions, worker: int, seed: int,
+                     threads: int, show_epochs: bool) -> None:
+    """A --workers process: the parent's space itself (as resolved: a resumed run keeps its study's score)."""
     import torch
 
     torch.set_num_threads(threads)
     try:
-        space = load_space(space_file, overrides)
         study, seed = open_study(space, Path(run_dir), options.study, options.storage, seed)
         work(space, Path(run_dir), options, study, seed, on_epoch=_print_epoch if show_epochs else None)
     except KeyboardInterrupt:
@@ -149,8 +157,8 @@ def run(space: SearchSpace, space_file: Path, run_dir: Path, options: SearchOpti
     threads = max(1, (os.cpu_count() or 1) // options.workers)
     context = multiprocessing.get_context("spawn")
     show_epochs = bool(progress and progress.enabled)
-    processes = [context.Process(target=_work_in_process, args=(str(space_file), options.overrides, str(run_dir),
-                                                                 options, w, seed + w, threads, show_epochs))
+    processes = [context.Process(target=_work_in_process, args=(space, str(run_dir), options, w, seed + w, threads,
+                                                                 show_epochs))
                  for w in range(options.workers)]
     for p in processes:
         p.start()

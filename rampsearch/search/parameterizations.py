@@ -2,10 +2,13 @@
 
 Each turns sampled numbers into a valid `RampSchedule` for an architecture (`suggest`), and a
 schedule back into the sampler's numbers (`params_of`), which is how the hand-set ramp is
-enqueued as the first trial. Ratios are drawn in [low, high] and snapped to whole heads.
+enqueued as the first trial. Ratios are drawn in [low, high] and snapped to whole heads. Where the
+ramps it can build are few enough to list, `grid` lists them (a search that has scored them all is
+complete); None where they are not (knots and monotone ramps: no simple product of choices).
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Protocol
 
@@ -26,6 +29,28 @@ class Parameterization(Protocol):
 
     def params_of(self, ramp: RampSchedule, arch: Architecture, low: float, high: float) -> dict[str, float]: ...
 
+    def grid(self, arch: Architecture, low: float, high: float, limit: int) -> list[RampSchedule] | None: ...
+
+
+# Ratios a head count is reachable from are at least 1/units wide (units <= a few dozen): evenly spaced
+# midpoints this many to [low, high] reach every one of them, and never an endpoint alone.
+REACH_POINTS = 4096
+
+
+def reachable_heads(units: int, low: float, high: float) -> list[int]:
+    """High-frequency head counts (of `units`) that sampled ratios in [low, high] snap to (as
+    RampSchedule.snapped rounds), ascending; a count reached only at an exact endpoint is left out."""
+    step = (high - low) / REACH_POINTS
+    return sorted({units - round((1 - (low + (i + 0.5) * step)) * units) for i in range(REACH_POINTS)})
+
+
+def _product_grid(arch: Architecture, choices: list[list[int]], expand: list[int], limit: int) -> list[RampSchedule] | None:
+    """Every ramp that picks one head count per group (`choices[g]`), block b taking its group
+    `expand[b]`'s pick; None when there are more than `limit`."""
+    if math.prod(len(c) for c in choices) > limit:
+        return None
+    return [RampSchedule.from_high_heads(arch, [pick[g] for g in expand]) for pick in itertools.product(*choices)]
+
 
 def _clip(x: float, low: float, high: float) -> float:
     return min(max(x, low), high)
@@ -43,6 +68,10 @@ class Free:
     def params_of(self, ramp, arch, low, high):
         return {f"ratio_{b}": _clip(r, low, high) for b, r in enumerate(ramp.ratios)}
 
+    def grid(self, arch, low, high, limit):
+        choices = [reachable_heads(units, low, high) for units in arch.block_units]
+        return _product_grid(arch, choices, list(range(arch.num_blocks)), limit)
+
 
 class PerStage:
     """One ratio per stage, shared by the stage's blocks."""
@@ -56,6 +85,11 @@ class PerStage:
     def params_of(self, ramp, arch, low, high):
         return {f"ratio_stage{s + 1}": _clip(sum(rs) / len(rs), low, high)
                 for s, rs in enumerate(ramp.per_stage(arch))}
+
+    def grid(self, arch, low, high, limit):
+        stage_units = [arch.embed_dims[s] // arch.head_dim for s in range(len(arch.depths))]
+        choices = [reachable_heads(units, low, high) for units in stage_units]
+        return _product_grid(arch, choices, list(arch.block_stages), limit)
 
 
 class Monotone:
@@ -87,6 +121,9 @@ class Monotone:
             params[f"drop_{b}"] = _clip(1 - (rs[b] - low) / above, 0.0, 1.0) if above > 0 else 0.0
         return params
 
+    def grid(self, arch, low, high, limit):
+        return None
+
 
 class Knots:
     """A piecewise-linear ramp over normalized depth with `count` evenly spaced knots."""
@@ -107,6 +144,9 @@ class Knots:
         n = arch.num_blocks
         nearest = [min(range(n), key=lambda b: abs((b + 0.5) / n - x)) for x in self.positions()]
         return {f"knot_{j}": _clip(ramp.ratios[b], low, high) for j, b in enumerate(nearest)}
+
+    def grid(self, arch, low, high, limit):
+        return None
 
 
 PARAMETERIZATIONS = {"free": Free, "per_stage": PerStage, "monotone": Monotone, "knots": Knots}

@@ -7,10 +7,11 @@ from typing import Iterable
 from optuna.trial import FrozenTrial, TrialState
 
 from .record import TrialRecord
+from .score import TOP1, Score
 
 
-def counts(trials: Iterable[FrozenTrial]) -> dict[str, int | float | None]:
-    """Trial counts by outcome and the best accuracy (first objective) among complete trials."""
+def counts(trials: Iterable[FrozenTrial], score: Score = Score(TOP1)) -> dict[str, int | float | None]:
+    """Trial counts by outcome and the best searched score (first objective) among complete trials."""
     out: dict[str, int | float | None] = {"done": 0, "pruned": 0, "failed": 0, "over_budget": 0, "duplicate": 0,
                                           "running": 0, "best": None}
     for t in trials:
@@ -22,7 +23,7 @@ def counts(trials: Iterable[FrozenTrial]) -> dict[str, int | float | None]:
         elif t.state == TrialState.COMPLETE:
             out["done"] += 1
             value = t.values[0]
-            out["best"] = value if out["best"] is None else max(out["best"], value)
+            out["best"] = value if out["best"] is None else score.best([out["best"], value])
         elif t.state == TrialState.PRUNED:
             out["pruned"] += 1
         elif t.state == TrialState.FAIL:
@@ -34,26 +35,28 @@ def counts(trials: Iterable[FrozenTrial]) -> dict[str, int | float | None]:
 
 def epoch_line(trial: int, epoch: int, metrics: dict[str, float]) -> str:
     """One line per trained epoch of a trial: how far it is and how fast it trains."""
-    return f"trial {trial}: epoch {epoch}  top-1 {metrics['top1']:.2f}%  {metrics.get('img_s', 0):.0f} img/s"
+    return (f"trial {trial}: epoch {epoch}  loss {metrics['loss']:.4f}  top-1 {metrics['top1']:.2f}%  "
+            f"{metrics.get('img_s', 0):.0f} img/s")
 
 
 class Progress:
     """A tqdm bar over trained trials on a terminal; one plain line per change in a log; nothing when disabled."""
 
-    def __init__(self, total: int, enabled: bool = True, desc: str = "search") -> None:
+    def __init__(self, total: int, enabled: bool = True, desc: str = "search", score: Score = Score(TOP1)) -> None:
         from tqdm import tqdm
 
+        self.score = score
         self.enabled, self.interactive = enabled, sys.stderr.isatty()
         self.bar = tqdm(total=total, desc=desc, unit="trial", file=sys.stderr, dynamic_ncols=True,
                         disable=not (enabled and self.interactive))
         self._last = ""
 
     def update(self, trials: list[FrozenTrial]) -> None:
-        c = counts(trials)
+        c = counts(trials, self.score)
         finished = c["done"] + c["pruned"] + c["failed"]
-        best = "-" if c["best"] is None else f"{c['best']:.2f}"
+        best = "-" if c["best"] is None else self.score.format(c["best"])
         status = (f"done={c['done']} pruned={c['pruned']} failed={c['failed']} over-budget={c['over_budget']} "
-                  f"best={best}")
+                  f"repeats={c['duplicate']} best {self.score.short}={best}")
         if self.interactive:
             self.bar.n = min(finished, self.bar.total)
             self.bar.set_postfix_str(status)

@@ -5,9 +5,9 @@ embedded backend) and every trial lives in the run directory's journal-file stud
 are the same. Tune stops trials early (ASHA) only where the embedded backend prunes: with the median
 or Hyperband pruner, not with `pruner: none` nor with several objectives; and never the hand-set
 ramp, the yardstick. `--gpus-per-trial 0.25` packs four trials on one GPU.
-`RampOptunaSearch` fixes what OptunaSearch gets wrong for us: over-budget candidates and repeats of
-earlier ones are rejected in `suggest` (recorded with status over_budget or duplicate, never
-scheduled, as in the embedded backend);
+`RampOptunaSearch` fixes what OptunaSearch gets wrong for us: over-budget candidates are rejected
+in `suggest` and repeats of earlier ones answered there with the earlier trial's score (recorded
+with status over_budget or duplicate, never scheduled, as in the embedded backend);
 ASHA-stopped trials are PRUNED, not COMPLETE full-fidelity results; errored trials are FAIL with
 their error as the reason (written by `StudyCallback`, which sees the error), even if they
 reported some epochs.
@@ -52,6 +52,7 @@ What is guaranteed about failures:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import socket
@@ -79,11 +80,18 @@ from .options import SearchOptions
 from .progress import Progress
 from .record import FAILED, INTERRUPTED, ONE_SHOT, PRUNED, TRAIN, TrialRecord
 from .space import SearchSpace
-from .study import (MAX_OVER_BUDGET_PER_TRIAL, counted_trials, duplicate_of, fail_trial, make_pruner, make_sampler,
-                    open_storage, open_study, retry_interrupted, trial_by_number)
+from .distinct import covers
+from .study import (MAX_STALLED_PROPOSALS, counted_trials, duplicate_of, fail_trial, make_pruner, make_sampler,
+                    open_storage, open_study, repeat_answer, retry_interrupted, trial_by_number)
 from .trial import admitted, evaluate_candidate, trial_folder
 
-METRICS = {"accuracy": ("top1", "max"), "flops": ("gflops", "min"), "params": ("mparams", "min")}
+# What Tune reports for each objective, and its mode; `accuracy` is the searched score (search.score).
+METRICS = {"flops": ("gflops", "min"), "params": ("mparams", "min")}
+
+
+def _metric(space: SearchSpace, objective: str) -> tuple[str, str]:
+    return (space.score.metric, space.score.mode) if objective == "accuracy" else METRICS[objective]
+
 
 # ASHA judges trials at GRACE * REDUCTION^k epochs (1, 3, 9, ...) and keeps the best 1/REDUCTION
 # at each. A proxy training lasts only a few epochs (3 by default), so the first judgement comes
@@ -130,6 +138,12 @@ def _optuna_study(searcher: OptunaSearch) -> optuna.Study:
 def _reject(searcher: OptunaSearch, trial_id: str) -> None:
     """Finish the Optuna trial of `trial_id` as PRUNED and unlink it, so the Tune trial gets a new one."""
     searcher._ot_study.tell(searcher._ot_trials.pop(trial_id), state=TrialState.PRUNED)
+
+
+def _answer(searcher: OptunaSearch, trial_id: str, values: list[float]) -> None:
+    """Finish the Optuna trial of `trial_id` as COMPLETE with `values` (a duplicate answered with an earlier
+    trial's score) and unlink it, so the Tune trial gets a new one."""
+    searcher._ot_study.tell(searcher._ot_trials.pop(trial_id), values)
 
 
 def _finish(searcher: OptunaSearch, trial_id: str, state: TrialState) -> None:
@@ -252,8 +266,12 @@ class RampOptunaSearch(OptunaSearch):
     Tune calls right after, fails them with the error as the reason.
     """
 
-    def __init__(self, *args: Any, max_epochs: int, sampler_seed: int, method: str = TRAIN, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_epochs: int, sampler_seed: int, method: str = TRAIN, score_se_key: str = "",
+                 grid: list | None = None, **kwargs: Any) -> None:
+        """`score_se_key`: the result key of the searched score's standard error; `grid`: the space's
+        candidates when it can list them (SearchSpace.grid), to stop when every one has been scored."""
         self.max_epochs, self.sampler_seed, self.method = max_epochs, sampler_seed, method
+        self.score_se_key, self.grid = score_se_key, grid
         super().__init__(*args, **kwargs)
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
@@ -289,17 +307,30 @@ class RampOptunaSearch(OptunaSearch):
         return kept
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str:
-        for _ in range(MAX_OVER_BUDGET_PER_TRIAL):
+        """A new candidate for Tune trial `trial_id`; FINISHED once every candidate of a listable space was
+        scored, or after MAX_STALLED_PROPOSALS in a row brought nothing new (run_search says which)."""
+        study = _optuna_study(self)
+        if self.grid is not None and covers(study.get_trials(deepcopy=False), self.grid):
+            return Searcher.FINISHED
+        for _ in range(MAX_STALLED_PROPOSALS):
             config = super().suggest(trial_id)
             ot_trial = _optuna_trial(self, trial_id)
-            if config["admitted"]:  # else its record says over_budget
-                earlier = duplicate_of(_optuna_study(self), ot_trial)
-                if earlier is None:
-                    TrialRecord(folder=ot_trial.number, ray_trial_id=trial_id, sampler_seed=self.sampler_seed,
-                                method=self.method).write(ot_trial)
-                    return {**config, "number": ot_trial.number}
-                TrialRecord.duplicate(earlier).write(ot_trial)
-            _reject(self, trial_id)
+            if not config["admitted"]:  # its record says over_budget
+                _reject(self, trial_id)
+                continue
+            earlier = duplicate_of(study, ot_trial)
+            if earlier is None:
+                TrialRecord(folder=ot_trial.number, ray_trial_id=trial_id, sampler_seed=self.sampler_seed,
+                            method=self.method).write(ot_trial)
+                return {**config, "number": ot_trial.number}
+            answer = repeat_answer(study, earlier)
+            record = TrialRecord.duplicate(earlier, answered=answer is not None)
+            if answer is None:
+                record.write(ot_trial)
+                _reject(self, trial_id)
+            else:
+                dataclasses.replace(record, score_se=answer[1], method=self.method).write(ot_trial)
+                _answer(self, trial_id, answer[0])
         return Searcher.FINISHED
 
     def _open(self, trial_id: str) -> optuna.Trial | None:
@@ -331,7 +362,7 @@ class RampOptunaSearch(OptunaSearch):
             return
         if result:  # Tune hands a trial's last result to on_trial_complete only
             _record_epoch(ot_trial, result)
-            TrialRecord(duration_s=result["time_total_s"]).write(ot_trial)
+            TrialRecord(duration_s=result["time_total_s"], score_se=result.get(self.score_se_key)).write(ot_trial)
         epochs = (result or {}).get("epoch", 0)
         if epochs < self.max_epochs:
             reason = f"stopped by ASHA after epoch {epochs}/{self.max_epochs}"
@@ -506,7 +537,8 @@ def _scheduler(space: SearchSpace, method: str = TRAIN) -> TrialScheduler:
     one-shot scoring (one step)."""
     if isinstance(make_pruner(space), optuna.pruners.NopPruner) or method == ONE_SHOT:
         return FIFOScheduler()
-    return HandsetSparingASHA(time_attr="training_iteration", metric="top1", mode="max", max_t=space.proxy.epochs,
+    return HandsetSparingASHA(time_attr="training_iteration", metric=space.score.metric, mode=space.score.mode,
+                              max_t=space.proxy.epochs,
                               grace_period=ASHA_GRACE_EPOCHS, reduction_factor=ASHA_REDUCTION_FACTOR)
 
 
@@ -569,12 +601,13 @@ def _check_options(options: SearchOptions) -> None:
 
 
 def _searcher(space: SearchSpace, run_dir: Path, options: SearchOptions, seed: int) -> RampOptunaSearch:
-    metric, mode = zip(*(METRICS[o] for o in space.objectives))
+    metric, mode = zip(*(_metric(space, o) for o in space.objectives))
     return RampOptunaSearch(
         space=DefineByRun(space), metric=list(metric) if space.multi_objective else metric[0],
         mode=list(mode) if space.multi_objective else mode[0], sampler=make_sampler(space, seed),
         study_name=options.study, storage=open_storage(run_dir, None),
-        max_epochs=1 if options.method == ONE_SHOT else space.proxy.epochs, sampler_seed=seed, method=options.method)
+        max_epochs=1 if options.method == ONE_SHOT else space.proxy.epochs, sampler_seed=seed, method=options.method,
+        score_se_key=space.score.se_key, grid=space.grid())
 
 
 def _new_tuner(study: optuna.Study, space: SearchSpace, run_dir: Path, options: SearchOptions, trainable: Any,

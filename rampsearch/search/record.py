@@ -15,6 +15,7 @@ candidate and a pruned one are both PRUNED; a failed trial and an interrupted on
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
@@ -23,13 +24,16 @@ from optuna.trial import FrozenTrial
 SetAttr = Callable[[str, Any], None]
 
 OVER_BUDGET = "over_budget"  # rejected before training (PRUNED in Optuna)
-DUPLICATE = "duplicate"  # the same candidate as an earlier trial; rejected before training (PRUNED)
+# The same candidate as an earlier trial, never trained: answered with that trial's score (COMPLETE, so the
+# sampler learns from it) when it has one, else rejected (PRUNED). Never counted towards --trials.
+DUPLICATE = "duplicate"
 PRUNED = "pruned"  # stopped early by a pruner or ASHA (PRUNED)
 FAILED = "failed"  # the training raised (FAIL)
 INTERRUPTED = "interrupted"  # Ctrl-C, a killed process or a lost node (FAIL); retried on the next run
 STATUSES = (OVER_BUDGET, DUPLICATE, PRUNED, FAILED, INTERRUPTED)
 
-HISTORY_METRICS = ("top1", "top5", "loss", "train_loss")  # what a trial's history keeps of each epoch
+# What a trial's history keeps of each epoch (the standard errors over images from rampsearch 0.2 on).
+HISTORY_METRICS = ("top1", "top5", "loss", "train_loss", "loss_se", "top1_se")
 # How a trial's value was measured (the space's `method`): a short standalone training, or on a supernet.
 TRAIN, ONE_SHOT = "train", "one-shot"
 
@@ -62,6 +66,8 @@ class TrialRecord:
     worker: dict[str, Any] | None = None  # {"host", "pid"} of the process that ran it
     sampler_seed: int | None = None  # the seed of the sampler that proposed it (each process has its own)
     duration_s: float | None = None  # training wall time, resumed sessions included
+    score_se: float | None = None  # the standard error over images of the trial's value (the searched score)
+    repeat_of: int | None = None  # a duplicate: the earlier trial with the same candidate (whose score it has)
     ray_trial_id: str | None = None
 
     def save(self, set_attr: SetAttr) -> None:
@@ -95,9 +101,12 @@ class TrialRecord:
         return cls(**values)
 
     @classmethod
-    def duplicate(cls, earlier: int) -> "TrialRecord":
-        """The record of a candidate rejected because trial `earlier` trained (or trains) the same one."""
-        return cls(status=DUPLICATE, reason=f"the same candidate as trial {earlier}, never trained")
+    def duplicate(cls, earlier: int, answered: bool) -> "TrialRecord":
+        """The record of a candidate that trial `earlier` trained (or trains) already; `answered`: with
+        that trial's score (else rejected: it has none yet, or was pruned or failed)."""
+        how = "answered with its score" if answered else "rejected (it has no score to give)"
+        return cls(status=DUPLICATE, repeat_of=earlier,
+                   reason=f"the same candidate as trial {earlier}; {how}, never trained")
 
     def with_epoch(self, epoch: int, metrics: Mapping[str, float]) -> "TrialRecord":
         """This record with one more epoch in its history, its HISTORY_METRICS taken from `metrics`
@@ -105,6 +114,13 @@ class TrialRecord:
         rows = [row for row in self.history if row["epoch"] != epoch]
         kept = {k: metrics[k] for k in HISTORY_METRICS if k in metrics}
         return dataclasses.replace(self, history=tuple(rows) + ({"epoch": epoch, **kept},))
+
+    @property
+    def candidate(self) -> "CandidateKey | None":
+        """What makes this trial's candidate the same as another's: its architecture and ramp as built."""
+        if self.architecture is None or self.ramp is None:
+            return None
+        return candidate_key(self.architecture, self.ramp)
 
     @property
     def over_budget(self) -> bool:
@@ -116,8 +132,16 @@ class TrialRecord:
 
     @property
     def rejected(self) -> bool:
-        """Rejected before training (over budget or a duplicate): never trained, never counted."""
+        """Never trained and never counted: over budget, or a duplicate (answered or not)."""
         return self.status in (OVER_BUDGET, DUPLICATE)
+
+
+CandidateKey = tuple[str, tuple[float, ...]]
+
+
+def candidate_key(architecture: Mapping[str, Any], ramp: tuple[float, ...] | list[float]) -> CandidateKey:
+    """A hashable identity of a candidate: different sampler numbers can snap to the same ramp."""
+    return json.dumps(dict(architecture), sort_keys=True), tuple(ramp)
 
 
 def optuna_retry_of(trial: FrozenTrial) -> int | None:
@@ -149,5 +173,5 @@ def _to_json(value: Any) -> Any:
     return value
 
 
-__all__ = ["DUPLICATE", "FAILED", "HISTORY_METRICS", "INTERRUPTED", "OVER_BUDGET", "ONE_SHOT", "PRUNED", "TRAIN",
+__all__ = ["CandidateKey", "candidate_key", "DUPLICATE", "FAILED", "HISTORY_METRICS", "INTERRUPTED", "OVER_BUDGET", "ONE_SHOT", "PRUNED", "TRAIN",
            "STATUSES", "TrialRecord", "optuna_retry_of"]

@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..architecture import Architecture
 from ..ramp import RampSchedule
 from .record import DUPLICATE, INTERRUPTED, TrialRecord
+from .score import TOP1, Score, score_of_direction
 from .space import SearchSpace
 from .study import interrupted_numbers
 
@@ -56,7 +57,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "ramp": json.dumps(list(record.ramp)) if record.ramp is not None else None,
             "architecture": json.dumps(record.architecture) if record.architecture is not None else None,
             "duration_s": _duration(t, record), "handset": record.handset, "status": record.status,
-            "reason": record.reason, "retry_of": record.retry_of, "seed": record.seed, "method": record.method,
+            "reason": record.reason, "retry_of": record.retry_of, "repeat_of": record.repeat_of,
+            "seed": record.seed, "method": record.method, "score_se": record.score_se,
         }
         if t.values and len(t.values) > 1:
             row.update({f"value_{i}": v for i, v in enumerate(t.values)})
@@ -67,12 +69,20 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def study_score(study: optuna.Study) -> Score:
+    """The score of the study's first objective (the searched score: `accuracy` comes first or alone)."""
+    return score_of_direction(study.directions[0].name.lower())
+
+
 def _ranked(study: optuna.Study) -> list[FrozenTrial]:
-    """Complete within-budget trials, best first (on the Pareto front first if multi-objective)."""
+    """Complete within-budget trials that trained (duplicates answered with an earlier score left out), best
+    first (on the Pareto front first if multi-objective)."""
     complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if all(v <= 0 for v in t.constraints.values())]
+                if all(v <= 0 for v in t.constraints.values()) and not TrialRecord.of(t).rejected]
     front = {t.number for t in study.best_trials} if len(study.directions) > 1 else set()
-    return sorted(complete, key=lambda t: (t.number not in front if front else False, -t.values[0], t.number))
+    score = study_score(study)
+    return sorted(complete, key=lambda t: (t.number not in front if front else False, score.sort_key(t.values[0]),
+                                           t.number))
 
 
 @dataclass(frozen=True)
@@ -81,20 +91,24 @@ class Standing:
 
     best: FrozenTrial | None  # best complete, within-budget trial other than the hand-set ramp
     handset: FrozenTrial | None  # the hand-set ramp's trial, if it completed
+    score: Score = Score(TOP1)  # what the search ranked by
 
     @property
     def handset_scored_higher(self) -> bool:
-        return self.best is not None and self.handset is not None and self.handset.values[0] >= self.best.values[0]
+        """Whether the hand-set ramp scored at least as well as the best searched schedule (better: by the
+        searched score, so a lower loss is higher)."""
+        return (self.best is not None and self.handset is not None
+                and not self.score.better(self.best.values[0], self.handset.values[0]))
 
     def sentence(self) -> str | None:
         """Plain words when the hand-set ramp beat every searched schedule in the search, else None."""
         if not self.handset_scored_higher:
             return None
         handset, best = self.handset.values[0], self.best.values[0]
-        beat = "higher than" if handset > best else "as high as"
-        return (f"the hand-set ramp scored {beat} every searched schedule in the search (proxy top-1 {handset:.2f}% "
-                f"vs {best:.2f}% for the best searched one, trial {self.best.number}): the searched schedule is a "
-                "runner-up, not an improvement the search found")
+        beat = "better than" if self.score.better(handset, best) else "as well as"
+        return (f"the hand-set ramp scored {beat} every searched schedule in the search ({self.score.short} "
+                f"{self.score.format(handset)} vs {self.score.format(best)} for the best searched one, trial "
+                f"{self.best.number}): the searched schedule is a runner-up, not an improvement the search found")
 
 
 def ranked_searched(study: optuna.Study) -> list[tuple[FrozenTrial, TrialRecord]]:
@@ -106,7 +120,7 @@ def standing(study: optuna.Study) -> Standing:
     best = next(iter(ranked_searched(study)), (None, None))[0]
     handset = next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                     if TrialRecord.of(t).handset), None)
-    return Standing(best, handset)
+    return Standing(best, handset, study_score(study))
 
 
 def write_best(result: Standing, space: SearchSpace, path: Path) -> None:
@@ -114,12 +128,13 @@ def write_best(result: Standing, space: SearchSpace, path: Path) -> None:
     record = TrialRecord.of(trial)
     arch = Architecture.from_dict(record.architecture)
     data = RampSchedule(record.ramp).to_dict(arch)
-    data.update({"img_size": space.img_size, "trial": trial.number, "accuracy": trial.values[0],
-                 "flops": record.flops, "params": record.params,
-                 "handset_scored_higher": result.handset_scored_higher})
+    data.update({"img_size": space.img_size, "trial": trial.number, "score_metric": result.score.metric,
+                 "score": trial.values[0], "score_se": record.score_se, "flops": record.flops,
+                 "params": record.params, "handset_scored_higher": result.handset_scored_higher})
     if result.handset is not None:
-        data["handset_accuracy"] = result.handset.values[0]
-    header = f"# Best searched within-budget schedule of search space {space.name} (trial {trial.number}).\n"
+        data["handset_score"] = result.handset.values[0]
+    header = (f"# Best searched within-budget schedule of search space {space.name} (trial {trial.number}), "
+              f"ranked by {result.score.label}.\n")
     if result.handset_scored_higher:
         header += f"# Note: {result.sentence()}.\n"
     header += f"# Use with: rampsearch train --arch {path.name} --ramp {path.name}\n"

@@ -17,11 +17,13 @@ from ..errors import UserError, read_yaml_mapping
 from ..flops import flops_model
 from ..ramp import RampSchedule, allowed_high_heads
 from .parameterizations import PARAMETERIZATIONS, Knots, Parameterization
-from .record import ONE_SHOT, OVER_BUDGET, TRAIN, TrialRecord
+from .record import ONE_SHOT, OVER_BUDGET, TRAIN, CandidateKey, TrialRecord, candidate_key
+from .score import LOSS, METRICS as SCORES, TOP1, Score
 
 SAMPLERS = ("tpe", "nsga2", "gp", "cmaes", "random")
 PRUNERS = ("median", "hyperband", "none")
-OBJECTIVES = {"accuracy": "maximize", "flops": "minimize", "params": "minimize"}
+# The objectives a space may name; `accuracy` is the searched score (`search.score`), whose direction is its own.
+OBJECTIVES = {"accuracy": None, "flops": "minimize", "params": "minimize"}
 TOP_KEYS = {"name", "architecture", "img_size", "ramp", "search_architecture", "budget", "objectives",
             "method", "proxy", "supernet", "search", "retrain", "target"}
 ARCHITECTURE_KEYS = {"variant", "depths", "embed_dims", "head_dim", "mlp_ratio", "pool_sizes"}
@@ -32,6 +34,9 @@ METHODS = (TRAIN, ONE_SHOT)
 # Where retraining starts: random weights, or those a supernet's sub-network inherits.
 SCRATCH, SUPERNET = "scratch", "supernet"
 INITS = (SCRATCH, SUPERNET)
+# The most ramps a space lists to count its distinct candidates (a closed-form FLOPs count each, about
+# 20 microseconds): per-stage ramps of nano are 945; one ratio per block of nano would be millions.
+GRID_LIMIT = 50_000
 
 
 class SpaceError(UserError):
@@ -66,6 +71,10 @@ class Candidate:
     @property
     def feasible(self) -> bool:
         return all(v <= 0 for v in self.violations.values())
+
+    @property
+    def key(self) -> CandidateKey:
+        return candidate_key(self.arch.to_dict(), self.ramp.ratios)
 
     def describe_violation(self) -> str:
         parts = [f"{k} over budget by {v:.4g}" for k, v in self.violations.items() if v > 0]
@@ -159,6 +168,7 @@ class SearchSettings:
     sampler: str = "tpe"
     pruner: str = "median"
     seed: int = 0
+    score: str = TOP1  # what candidates are ranked by (rampsearch.search.score); parsed: loss for one-shot
 
 
 @dataclass(frozen=True)
@@ -240,8 +250,17 @@ class SearchSpace:
                             choices.pool_sizes, settings.random_ramps, settings.distill)
 
     @property
+    def score(self) -> Score:
+        """What the search ranks candidates by (the `accuracy` objective's value)."""
+        return Score(self.search.score)
+
+    @property
     def directions(self) -> list[str]:
-        return [OBJECTIVES[o] for o in self.objectives]
+        return [OBJECTIVES[o] or self.score.direction for o in self.objectives]
+
+    def with_score(self, metric: str) -> "SearchSpace":
+        """This space ranking by `metric` (a run whose study was created ranking by it keeps it)."""
+        return replace(self, search=replace(self.search, score=metric))
 
     @property
     def multi_objective(self) -> bool:
@@ -278,6 +297,29 @@ class SearchSpace:
             trial.set_constraint(key, value)
         candidate.record(self.search.seed).write(trial)
         return candidate
+
+    def proposal(self, params: dict[str, Any]) -> tuple[CandidateKey, bool] | None:
+        """What a sampler's numbers build, without a trial: (the candidate's key, whether it is within
+        budget), or None when `params` lack a number the candidate needs (rampsearch.search.distinct)."""
+        import optuna
+
+        trial = optuna.trial.FixedTrial(params)
+        try:
+            arch = self.arch_choices.suggest(trial, self.base) if self.arch_choices else self.base
+            candidate = self.candidate(arch, self.parameterization.suggest(trial, arch, *self.ratio_range))
+        except ValueError:  # FixedTrial: a number the joint draw left out
+            return None
+        return candidate.key, candidate.feasible
+
+    def grid(self) -> list[Candidate] | None:
+        """Every distinct within-budget candidate this space can propose, when they are few enough to list
+        (GRID_LIMIT ramps of the base architecture, searched alone), else None."""
+        if self.arch_choices is not None:
+            return None
+        ramps = self.parameterization.grid(self.base, *self.ratio_range, GRID_LIMIT)
+        if ramps is None:
+            return None
+        return [c for ramp in ramps if (c := self.candidate(self.base, ramp)).feasible]
 
     # -- budget -------------------------------------------------------------------------------------
     def flops_range(self) -> tuple[int, int]:
@@ -452,9 +494,9 @@ def _proxy_settings(data: Any, source: str, base: Architecture, overrides: dict[
                          overrides=merged)
 
 
-def _search_settings(data: Any, source: str, multi_objective: bool) -> SearchSettings:
-    search = _mapping(data, source, "search", {"trials", "sampler", "pruner", "seed"})
-    settings = SearchSettings(sampler="nsga2" if multi_objective else "tpe")
+def _search_settings(data: Any, source: str, multi_objective: bool, method: str) -> SearchSettings:
+    search = _mapping(data, source, "search", {"trials", "sampler", "pruner", "seed", "score"})
+    settings = SearchSettings(sampler="nsga2" if multi_objective else "tpe", score=LOSS if method == ONE_SHOT else TOP1)
     settings = replace(settings, **search)
     _integer(settings.trials, source, "search.trials")
     _integer(settings.seed, source, "search.seed", minimum=0)
@@ -462,6 +504,9 @@ def _search_settings(data: Any, source: str, multi_objective: bool) -> SearchSet
         raise _err(source, "search.sampler", f"{settings.sampler!r} is not one of {list(SAMPLERS)}")
     if settings.pruner not in PRUNERS:
         raise _err(source, "search.pruner", f"{settings.pruner!r} is not one of {list(PRUNERS)}")
+    if settings.score not in SCORES:
+        raise _err(source, "search.score", f"{settings.score!r} is not one of {list(SCORES)} (loss: mean "
+                                           "cross-entropy on the search split, lower is better; top1: its top-1)")
     if settings.sampler == "cmaes" and multi_objective:
         raise _err(source, "search.sampler", "cmaes is single-objective; use nsga2, tpe or gp for several objectives")
     return settings
@@ -532,6 +577,9 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "search"
             or any(o not in OBJECTIVES for o in objectives) or len(set(objectives)) != len(objectives)):
         raise _err(source, "objectives", f"expected a list containing 'accuracy' and optionally "
                                          f"'flops'/'params', got {objectives!r}")
+    if objectives[0] != "accuracy":  # every ranking reads the searched score as the first value
+        raise _err(source, "objectives", f"'accuracy' (the searched score) must come first, got {objectives!r}; "
+                                         f"write {['accuracy'] + [o for o in objectives if o != 'accuracy']!r}")
 
     method = data.get("method", TRAIN)
     if method not in METHODS:
@@ -542,7 +590,7 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "search"
         ratio_range=(float(ratio_range[0]), float(ratio_range[1])),
         arch_choices=_arch_choices(data.get("search_architecture"), base, source), budget=budget,
         objectives=tuple(objectives), proxy=proxy,
-        search=_search_settings(data.get("search"), source, len(objectives) > 1),
+        search=_search_settings(data.get("search"), source, len(objectives) > 1, method),
         retrain=parse_retrain_settings(data.get("retrain"), source), source=source, method=method,
         supernet=_supernet_settings(data.get("supernet"), source, proxy),
         target=parse_target(data["target"], source) if data.get("target") is not None else None)

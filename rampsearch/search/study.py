@@ -27,14 +27,16 @@ from ..errors import UserError
 from ..redact import redact
 from .journal import check_journal
 from .rdb import open_rdb
+from .distinct import DistinctSampler, joint_tpe
 from .record import INTERRUPTED, TrialRecord, optuna_retry_of
+from .score import TOP1
 from .space import SearchSpace, load_space
 
 JOURNAL = "study.journal"
-# Over-budget proposals cost microseconds each; a search gives up after this many per trial it was
-# asked for (the embedded backend counts them in all, Ray's in a row): the sampler is stuck in an
-# over-budget region and the budget or the space needs loosening.
-MAX_OVER_BUDGET_PER_TRIAL = 50
+# A proposal that brings nothing new (over budget, or a candidate scored already) costs milliseconds; a
+# search stops after this many in a row (each the last of rampsearch.search.distinct's redraws): the
+# sampler is stuck in an over-budget region, or has nothing new left to propose where it looks.
+MAX_STALLED_PROPOSALS = 50
 SHARED_SEED_RANGE = 2**31  # a random seed offset for a process joining an RDB study (see open_study)
 
 # Samplers: the first trials are drawn at random (TPE, GP) or form the first generation (NSGA-II).
@@ -55,13 +57,16 @@ def _share(trials: int, bounds: tuple[int, int]) -> int:
 
 
 def make_sampler(space: SearchSpace, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """The space's sampler, seeded with `seed` (default: search.seed)."""
+    """The space's sampler, seeded with `seed` (default: search.seed). TPE and NSGA-II redraw proposals
+    that repeat a scored candidate (rampsearch.search.distinct); GP's draws are costly optimizations that
+    would return the same point again, CMA-ES and random draw alone."""
     name, trials = space.search.sampler, space.search.trials
     seed = space.search.seed if seed is None else seed
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=_share(trials, STARTUP_TRIALS))
+        return DistinctSampler(joint_tpe(seed, _share(trials, STARTUP_TRIALS)), space.proposal, seed)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=_share(trials, NSGA2_POPULATION))
+        base = optuna.samplers.NSGAIISampler(seed=seed, population_size=_share(trials, NSGA2_POPULATION))
+        return DistinctSampler(base, space.proposal, seed)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=_share(trials, STARTUP_TRIALS))
     if name == "cmaes":
@@ -110,6 +115,11 @@ def open_study(space: SearchSpace, run_dir: Path, study_name: str, storage_url: 
         created = True
     except optuna.exceptions.DuplicatedStudyError:
         study, created = optuna.load_study(study_name=study_name, storage=storage), False
+        directions = [d.name.lower() for d in study.directions]
+        if directions != space.directions:
+            raise UserError(f"study {study_name!r} optimizes {directions}, this space {space.directions} (its "
+                            f"search.score is {space.search.score!r}); set search.score to the study's, or use "
+                            "another --study")
     if seed is None:
         joined = storage_url is not None and not created
         seed = space.search.seed + (random.SystemRandom().randrange(1, SHARED_SEED_RANGE) if joined else 0)
@@ -124,6 +134,16 @@ def search_metadata(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def run_score(run_dir: Path) -> str | None:
+    """The score the search in `run_dir` ranks by (rampsearch.search.score), None before its first search.
+
+    A run keeps the score its study was created with, whatever the space's default is now: searches
+    before `search.score` existed ranked by top-1.
+    """
+    meta = search_metadata(run_dir)
+    return meta.get("score", TOP1) if meta else None
+
+
 def load_run(run_dir: str | Path, storage: str | None = None) -> tuple[SearchSpace, optuna.Study]:
     """(space, study) of a search's run directory; an RDB study needs the same `storage` URL again."""
     run_dir = Path(run_dir)
@@ -131,6 +151,7 @@ def load_run(run_dir: str | Path, storage: str | None = None) -> tuple[SearchSpa
         raise UserError(f"{run_dir} is not a search run directory (no space.yaml); run `rampsearch search` first")
     meta = search_metadata(run_dir)
     space = load_space(run_dir / "space.yaml", meta.get("set"))
+    space = space.with_score(run_score(run_dir) or space.search.score)
     if meta.get("storage_kind") == "rdb" and not storage:
         raise UserError(f"the study of {run_dir} lives in {meta['storage']}; pass the same --storage URL")
     if not storage and not (run_dir / JOURNAL).is_file():
@@ -213,7 +234,7 @@ def duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
     """The number of an earlier trial that trained, trains or will retry the same candidate, if any.
 
     A candidate is its architecture and its ramp as built (different sampler params can snap to the
-    same valid ramp). Only the later of two equal proposals is rejected, so two processes proposing
+    same valid ramp). Only the later of two equal proposals is a duplicate, so two processes proposing
     the same candidate at once train it exactly once. A retry is never a duplicate of its original.
     """
     record = TrialRecord.of(trial)
@@ -221,10 +242,31 @@ def duplicate_of(study: optuna.Study, trial: optuna.Trial) -> int | None:
         return None
     for earlier in study.get_trials(deepcopy=False):
         other = TrialRecord.of(earlier)
-        if (earlier.number < trial.number and (other.architecture, other.ramp) == (record.architecture, record.ramp)
+        if (earlier.number < trial.number and other.candidate == record.candidate
                 and earlier.state != TrialState.WAITING and not other.rejected):
             return earlier.number
     return None
+
+
+def repeat_answer(study: optuna.Study, earlier: int) -> tuple[list[float], float | None] | None:
+    """(values, standard error) that a duplicate of trial `earlier` is answered with: that trial's own, if
+    it completed; None while it trains, or if it was pruned or failed (the duplicate is then rejected)."""
+    trial = trial_by_number(study, earlier)
+    if trial.state != TrialState.COMPLETE:
+        return None
+    return list(trial.values), TrialRecord.of(trial).score_se
+
+
+def stalled_proposals(trials: list[FrozenTrial]) -> int:
+    """How many of the latest finished proposals in a row brought nothing new (over budget or duplicates)."""
+    run = 0
+    for t in sorted(trials, key=lambda t: t.number, reverse=True):
+        if not t.state.is_finished():
+            continue
+        if not TrialRecord.of(t).rejected:
+            break
+        run += 1
+    return run
 
 
 def mend(study: optuna.Study) -> list[int]:
