@@ -100,8 +100,10 @@ def _print_summary(outcome: SearchOutcome, run_dir: Path, as_json: bool) -> None
         print_json(summary)
         return
     c = summary["counts"]
-    print(f"{c['done']} complete, {c['pruned']} pruned, {c['failed']} failed, {c['over_budget']} over budget "
-          f"in {summary['seconds']:.0f}s; study '{summary['study']}' in {run_dir}")
+    print(f"{c['done']} complete, {c['pruned']} pruned, {c['failed']} failed, {c['over_budget']} over budget, "
+          f"{c['duplicate']} repeats in {summary['seconds']:.0f}s; study '{summary['study']}' in {run_dir}")
+    if summary["complete"]:
+        print(f"search {summary['complete']}")
     best, score = summary["best"], outcome.standing.score
     if best:
         print(f"best searched: trial {best['trial']}: {score.short} {_with_se(score, best)}, "
