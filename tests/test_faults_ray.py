@@ -9,8 +9,8 @@ cluster on the machine, other people's too).
 """
 from __future__ import annotations
 
-import json
 import contextlib
+import json
 import os
 import pickle
 import shutil

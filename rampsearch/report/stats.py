@@ -1,6 +1,8 @@
-"""The statistics a comparison report needs: seed means, a difference with its 95% CI and test, Kendall's tau."""
+"""The statistics a comparison report needs: seed means, a difference with its 95% CI and test, Kendall's tau
+with its bootstrap interval, and the noise ceiling of a ranking against seed means (split-half reliability)."""
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -97,3 +99,82 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
         return math.nan, math.nan
     result = stats.kendalltau(x, y)
     return float(result.statistic), float(result.pvalue)
+
+
+def tau_bootstrap_ci(x: Sequence[float], y: Sequence[float], resamples: int = 2000, seed: int = 0,
+                     confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of Kendall's tau between `x` and `y`, resampling schedules.
+
+    Each resample draws len(x) schedule indices with replacement; a resample whose tau is NaN (every
+    drawn value tied) is skipped. (NaN, NaN) when no resample has a tau. Deterministic for a given `seed`.
+    """
+    if len(x) != len(y):
+        raise ValueError(f"need the same schedules in both scorings, got {len(x)} and {len(y)}")
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    rng = np.random.default_rng(seed)
+    taus = []
+    for _ in range(resamples):
+        idx = rng.integers(0, len(xs), len(xs))
+        tau, _ = kendall_tau(xs[idx], ys[idx])
+        if not math.isnan(tau):
+            taus.append(tau)
+    if not taus:
+        return math.nan, math.nan
+    tail = 100 * (1 - confidence) / 2
+    low, high = np.percentile(taus, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def _half_splits(seeds: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Every unordered pair of disjoint halves of floor(seeds / 2) seeds each (for an odd count, one seed
+    is left out, every choice of it in turn)."""
+    half = seeds // 2
+    splits = set()
+    for first in itertools.combinations(range(seeds), half):
+        rest = [s for s in range(seeds) if s not in first]
+        for second in itertools.combinations(rest, half):
+            splits.add(tuple(sorted((first, second))))
+    return sorted(splits)
+
+
+def split_half_reliability(scores: Sequence[Sequence[float]] | np.ndarray) -> float:
+    """Reliability of the seed mean as a ranking of schedules: `scores` is [schedules x seeds].
+
+    Convention: the seeds are split into two halves of floor(n/2) seeds each (every split; for an odd
+    n one seed is left out, each in turn); for each split, the Pearson correlation across schedules of
+    the two half-means; the mean r over splits (NaN ones, from a constant half-mean, skipped) is
+    stepped up to all n seeds by Spearman-Brown, k r / (1 + (k - 1) r) with k = n / floor(n/2) (for
+    even n, 2r / (1 + r)). A non-positive r is returned unchanged: the seeds share no ranking, and the
+    step-up is meaningless there. NaN when every split is NaN. Raises ValueError for fewer than 2 seeds.
+    """
+    matrix = np.asarray(scores, dtype=float)
+    if matrix.ndim != 2 or matrix.shape[1] < 2 or matrix.shape[0] < 2:
+        raise ValueError(f"split-half reliability needs a [schedules x seeds] matrix with >= 2 schedules and "
+                         f">= 2 seeds, got shape {matrix.shape}")
+    seeds = matrix.shape[1]
+    rs = []
+    for first, second in _half_splits(seeds):
+        a, b = matrix[:, list(first)].mean(axis=1), matrix[:, list(second)].mean(axis=1)
+        if np.ptp(a) > 0 and np.ptp(b) > 0:
+            rs.append(float(np.corrcoef(a, b)[0, 1]))
+    if not rs:
+        return math.nan
+    r = float(np.mean(rs))
+    if r <= 0:
+        return r
+    k = seeds / (seeds // 2)
+    return k * r / (1 + (k - 1) * r)
+
+
+def tau_ceiling(reliability: float) -> float:
+    """The highest Kendall tau a predictor can expect against a noisy seed mean of this reliability.
+
+    Classical test theory: no predictor correlates with the noisy mean better than sqrt(reliability)
+    (the mean's correlation with its own noise-free value); Greiner's relation tau = (2/pi) arcsin(r),
+    exact for a bivariate normal, turns that correlation into tau. Reliability is clipped to [0, 1]
+    (a ceiling of 0 for a non-positive one); NaN stays NaN.
+    """
+    if math.isnan(reliability):
+        return math.nan
+    r = math.sqrt(min(max(reliability, 0.0), 1.0))
+    return 2 / math.pi * math.asin(r)
