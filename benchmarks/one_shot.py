@@ -45,7 +45,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rampsearch.architecture import Architecture  # noqa: E402
 from rampsearch.model_spec import ModelSpec  # noqa: E402
+from rampsearch.ramp import RampSchedule  # noqa: E402
 from rampsearch.report.stats import (kendall_tau, split_half_reliability, tau_bootstrap_ci,  # noqa: E402
                                      tau_ceiling)
 from rampsearch.search.one_shot import ALL_IMAGES, Scorer, make_scorer, train_supernet  # noqa: E402
@@ -177,14 +179,19 @@ def choose_ramps(space: SearchSpace, pool: list[Candidate], pool_loss: list[floa
 
 # -- standalone trainings ---------------------------------------------------------------------------------
 def train_standalone(space: SearchSpace, ramps: list[tuple[str, Candidate]], seeds: int,
-                     save: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    """Every ramp with the space's proxy settings over seeds 0..seeds-1: top-1 and loss on the search split."""
+                     save: Callable[[dict[str, Any]], None], earlier: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every ramp with the space's proxy settings over seeds 0..seeds-1: top-1 and loss on the search split.
+    Trainings `earlier` (a saved partial result) holds are kept, not retrained; `save` gets every new one."""
     top1 = [[None] * seeds for _ in ramps]
     loss = [[None] * seeds for _ in ramps]
-    handset_seconds = []
+    handset_seconds = list(earlier["handset_seconds"]) if earlier else []
     total, done, started = len(ramps) * seeds, 0, time.perf_counter()
     for seed in range(seeds):  # seed-major: an early stop still leaves every ramp with the first seeds
         for r, (name, candidate) in enumerate(ramps):
+            done += 1
+            if earlier and earlier["top1"][r][seed] is not None:
+                top1[r][seed], loss[r][seed] = earlier["top1"][r][seed], earlier["loss"][r][seed]
+                continue
             spec = ModelSpec.iformer(candidate.arch, candidate.ramp, space.img_size)
             t = time.perf_counter()
             final = run_trial(train_config(space, spec, None, seed=seed), lambda e, m: None)
@@ -192,10 +199,9 @@ def train_standalone(space: SearchSpace, ramps: list[tuple[str, Candidate]], see
             top1[r][seed], loss[r][seed] = final["top1"], final["loss"]
             if candidate.handset:
                 handset_seconds.append(seconds)
-            done += 1
             log(f"standalone {done}/{total}: {name} seed {seed}: top-1 {final['top1']:.2f} loss "
                 f"{final['loss']:.4f} in {seconds:.1f} s (elapsed {time.perf_counter() - started:.0f} s)")
-        save({"top1": top1, "loss": loss, "handset_seconds": handset_seconds})
+            save({"top1": top1, "loss": loss, "handset_seconds": handset_seconds})
     return {"top1": top1, "loss": loss, "handset_seconds": handset_seconds,
             "trial_s": statistics.median(handset_seconds)}
 
@@ -304,6 +310,21 @@ def summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def resumable(out: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The saved report in `out`, if it was made with the same space, ramps, seeds and pool."""
+    path = out / "one_shot.json"
+    if not path.is_file():
+        raise SystemExit(f"--resume: {path} does not exist; run without --resume to start")
+    earlier = json.loads(path.read_text())
+    if "variants" in earlier:
+        raise SystemExit(f"--resume: {path} is a finished run; run without --resume to start again")
+    wanted = {"space": args.space, "ramps": args.ramps, "seeds": args.seeds, "pool": args.pool}
+    then = {"space": earlier["space"], **{k: earlier["settings"][k] for k in ("ramps", "seeds", "pool")}}
+    if then != wanted:
+        raise SystemExit(f"--resume: {path} was made with {then}, not {wanted}")
+    return earlier
+
+
 def main() -> None:
     torch.set_num_threads(THREADS)
     torch.set_num_interop_threads(THREADS)
@@ -314,14 +335,20 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=300, help="draws of the pool the ramps are chosen from")
     parser.add_argument("--out", default="runs/bench-one-shot")
     parser.add_argument("--variants", default=",".join(ALL_VARIANTS), help="supernets to train, A required")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out: keep its ramps, trained supernets and finished seeds")
     args = parser.parse_args()
     letters = "".join(sorted({v.strip().upper() for v in args.variants.split(",") if v.strip()}))
     if "A" not in letters or set(letters) - set(ALL_VARIANTS) or args.ramps < 4 or args.seeds < 2:
         parser.error("--variants must include A (of A-E), --ramps >= 4 and --seeds >= 2")
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
     space = load_space(args.space)
+    if args.resume:
+        earlier = resumable(out, args)
+    else:
+        earlier = {}
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
     report: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(sys.argv), "space": args.space, "cpu": cpu_model(), "torch": torch.__version__,
@@ -336,26 +363,39 @@ def main() -> None:
         (out / "one_shot.json").write_text(json.dumps(report, indent=2))
 
     log(f"{report['cpu']}, {report['torch_threads']} thread(s), matmul {report['matmul_gflops']:.1f} GFLOP/s")
+    if earlier:
+        report["resumed"] = {"from": earlier["date"], "matmul_gflops_then": earlier["matmul_gflops"]}
     variants = variant_spaces(space, letters)
-    train_s, final = train_timed(space, out / "supernet-A")
-    log(f"supernet A trained in {train_s:.0f} s (hand-set top-1 {final['top1']:.2f})")
-    trained_a = train_s, final
-
-    pool, counts = draw_pool(space, args.pool)
-    scorer_a = make_scorer(space, out / "supernet-A")
-    pool_scores = score_all(scorer_a, pool)
-    log(f"pool: {counts}, scored on A in {sum(s['seconds'] for s in pool_scores):.0f} s")
-    ramps = choose_ramps(space, pool, [s["loss"] for s in pool_scores], args.ramps)
+    supernets: dict[str, dict[str, Any]] = dict(earlier.get("supernets", {}))
+    scorer_a = None
+    if "A" in supernets:
+        ramps = [(r["name"], space.candidate(Architecture.from_dict(r["architecture"]), RampSchedule(r["ramp"]),
+                                             handset=r["name"] == "hand-set")) for r in earlier["ramps"]]
+        report["pool"], report["ramps"] = earlier["pool"], earlier["ramps"]
+        if "standalone" in earlier:
+            report["standalone"] = earlier["standalone"]
+        log(f"kept from the earlier run: the {len(ramps)} ramps and supernet(s) {', '.join(supernets)}")
+    else:
+        train_s, final = train_timed(space, out / "supernet-A")
+        log(f"supernet A trained in {train_s:.0f} s (hand-set top-1 {final['top1']:.2f})")
+        trained_a = train_s, final
+        pool, counts = draw_pool(space, args.pool)
+        scorer_a = make_scorer(space, out / "supernet-A")
+        pool_scores = score_all(scorer_a, pool)
+        log(f"pool: {counts}, scored on A in {sum(s['seconds'] for s in pool_scores):.0f} s")
+        ramps = choose_ramps(space, pool, [s["loss"] for s in pool_scores], args.ramps)
+        report["pool"] = {**counts, "loss": [s["loss"] for s in pool_scores],
+                          "top1": [s["top1"] for s in pool_scores],
+                          "score_s_median": statistics.median(s["seconds"] for s in pool_scores)}
+        report["ramps"] = [{"name": n, "ramp": list(c.ramp.ratios), "architecture": c.arch.to_dict(),
+                            "gflops": c.flops / 1e9, "feasible": c.feasible} for n, c in ramps]
     candidates = [c for _, c in ramps]
-    report["pool"] = {**counts, "loss": [s["loss"] for s in pool_scores], "top1": [s["top1"] for s in pool_scores],
-                      "score_s_median": statistics.median(s["seconds"] for s in pool_scores)}
-    report["ramps"] = [{"name": n, "ramp": list(c.ramp.ratios), "architecture": c.arch.to_dict(),
-                        "gflops": c.flops / 1e9, "feasible": c.feasible} for n, c in ramps]
     save()
 
     # Every supernet first (a failing setting shows within minutes), then the long standalone trainings.
-    supernets: dict[str, dict[str, Any]] = {}
     for letter, (setting, variant) in variants.items():
+        if letter in supernets:
+            continue
         if letter == "A":
             train_s, final = trained_a
         else:
@@ -375,7 +415,7 @@ def main() -> None:
         report["standalone"] = partial
         save()
 
-    standalone = train_standalone(space, ramps, args.seeds, save_standalone)
+    standalone = train_standalone(space, ramps, args.seeds, save_standalone, earlier.get("standalone"))
     report["standalone"] = standalone
     reference = [statistics.fmean(seeds) for seeds in standalone["top1"]]
     standalone_loss = [statistics.fmean(seeds) for seeds in standalone["loss"]]

@@ -111,6 +111,7 @@ class Recipe:
     channels_last: bool
     compile: bool
     seed: int
+    shared_init: bool
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

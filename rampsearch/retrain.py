@@ -7,6 +7,10 @@ split of the training images instead, rampsearch.data).
 With a target (`--target`, or the space's `target:` section; rampsearch.transfer) the searched ramps
 are mapped onto the target architecture and size and compared there against the target's own hand-set
 ramp, in RUN_DIR/retrain-NAME-SIZE/ instead of RUN_DIR/retrain/.
+Training goes in rounds, one seed of every contender per round, so the contenders always share seeds
+(the same data order, augmentation and, where shapes agree, initial weights: rampsearch.train), and
+`seeds: auto` can stop after any round once the best-vs-hand-set difference is decided
+(rampsearch.sequential; RETRAIN_DIR/stopping.json says why it stopped).
 Each run keeps its output in RETRAIN_DIR/NAME/seedS/, so rerunning resumes; a finished run (its
 result.json exists) is not trained again. Each contender's inference throughput is measured once
 here (fixed batch, warm-up, median of repeats) and stored. Results go to RETRAIN_DIR/results.csv,
@@ -24,7 +28,7 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from .checkpoint import RESULT, read_json, save_weights
+from .checkpoint import RESULT, read_json, save_weights, write_json
 from .config import FINAL
 from .errors import UserError
 from .model_spec import ModelSpec, build_model
@@ -34,6 +38,7 @@ from .search.results import standing
 from .search.space import SCRATCH, SUPERNET, RetrainSettings, SearchSpace, Target, parse_retrain_settings
 from .search.study import load_run, search_metadata
 from .search.trial import run_trial, train_config
+from .sequential import AUTO, MIN_SEEDS, Look, SequentialPlan, look
 from .transfer import Transfer, resolve_target, retrain_dir
 
 HANDSET = "handset"
@@ -197,19 +202,111 @@ def _earlier_throughput(plan_file: Path) -> dict[str, float]:
             if c.get("spec") and c.get("inference_img_s")}
 
 
-def run_retrain(run_dir: str | Path, top: int | None = None, seeds: int | None = None, recipe: str | None = None,
-                epochs: int | None = None, baselines: bool = False, device: str = "auto",
+def _train_seed(contender: Contender, seed: int, folder: Path, config: Callable[[Contender, int], dict[str, Any]],
+                settings: RetrainSettings, log: Callable[[str], None]) -> dict[str, Any]:
+    """One contender's run with one seed (trained now, or read back when an earlier run finished it)."""
+    if (folder / RESULT).exists():  # train.fit writes it when the run is complete
+        log(f"{contender.name} seed {seed}: done earlier")
+    else:
+        log(f"{contender.name} seed {seed}: training ({settings.recipe} recipe, {settings.epochs or 'its'} epochs)")
+        run_trial(config(contender, seed), report=lambda epoch, metrics: None)
+    result = read_json(folder / RESULT, "training result")  # one source, fresh or earlier
+    return {"name": contender.name, "kind": contender.kind, "seed": seed, "top1": result["top1"],
+            "top5": result["top5"], "loss": result["loss"], "seconds": result["seconds"],
+            "flops": contender.flops, "params": contender.params, "proxy_score": contender.proxy_score,
+            "trial": contender.trial, "inference_img_s": contender.inference_img_s}
+
+
+# -- seeds: auto ----------------------------------------------------------------------------------
+STOPPING = "stopping.json"  # RETRAIN_DIR/stopping.json: the rule, every look, and why it stopped
+DECIDED = "decided"
+MAX_SEEDS_REACHED = "max_seeds"
+TIME_BUDGET = "max_hours"
+NOTHING_TO_COMPARE = "nothing_to_compare"
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why `seeds: auto` stopped after `seeds` seeds, and the looks it made (rampsearch.sequential)."""
+
+    reason: str  # DECIDED | MAX_SEEDS_REACHED | TIME_BUDGET | NOTHING_TO_COMPARE
+    looks: list[Look]
+    seeds: int
+    hours: float = 0.0  # training time spent, for TIME_BUDGET
+
+    def sentence(self, settings: RetrainSettings) -> str:
+        last = self.looks[-1] if self.looks else None
+        if self.reason == DECIDED and last is not None:
+            side = "better" if last.difference > 0 else "worse"
+            return (f"decided: the best schedule is {side} than the hand-set ramp (the adjusted 95% interval "
+                    f"[{last.ci_low:+.2f}, {last.ci_high:+.2f}] excludes 0)")
+        if self.reason == TIME_BUDGET:
+            return (f"undecided when the next round would have passed max_hours {settings.max_hours:g} "
+                    f"({self.hours:.2f} h of training spent)")
+        if self.reason == NOTHING_TO_COMPARE:
+            return "the search found no schedule besides the hand-set ramp, so there was no difference to decide"
+        return f"undecided at max_seeds {settings.max_seeds}"
+
+    def to_dict(self, settings: RetrainSettings) -> dict[str, Any]:
+        return {"reason": self.reason, "seeds": self.seeds, "sentence": self.sentence(settings),
+                "rule": _sequential_plan(settings).to_dict(), "looks": [look.to_dict() for look in self.looks]}
+
+
+def _sequential_plan(settings: RetrainSettings) -> SequentialPlan:
+    return SequentialPlan(settings.max_seeds, min(MIN_SEEDS, settings.max_seeds))
+
+
+def _differences(rows: list[dict[str, Any]]) -> list[float] | None:
+    """Per-seed top-1 differences, best minus hand-set, in seed order (None without a best)."""
+    by = {(row["name"], row["seed"]): row["top1"] for row in rows}
+    seeds = sorted({row["seed"] for row in rows})
+    if ("best", seeds[0]) not in by:
+        return None
+    return [by[("best", s)] - by[(HANDSET, s)] for s in seeds]
+
+
+def _stop_after_round(rows: list[dict[str, Any]], seeds: int, settings: RetrainSettings) -> Stop | None:
+    """Stop when the rule decides after this round, or at max_seeds; None: train another round."""
+    plan = _sequential_plan(settings)
+    differences = _differences(rows)
+    if differences is None:
+        return Stop(NOTHING_TO_COMPARE, [], seeds) if seeds >= plan.min_seeds else None
+    looks = [look(differences[:n], plan) for n in range(plan.min_seeds, seeds + 1)]
+    if looks and looks[-1].decided:
+        return Stop(DECIDED, looks, seeds)
+    if seeds >= settings.max_seeds:
+        return Stop(MAX_SEEDS_REACHED, looks, seeds)
+    return None
+
+
+def _stop_before_round(rows: list[dict[str, Any]], seed: int, settings: RetrainSettings) -> Stop | None:
+    """Stop before round `seed` when training it (as long as the average round so far) would pass max_hours."""
+    if settings.max_hours is None:
+        return None
+    spent = sum(row["seconds"] for row in rows) / 3600
+    if spent + spent / seed <= settings.max_hours:
+        return None
+    plan, differences = _sequential_plan(settings), _differences(rows)
+    looks = [] if differences is None else [look(differences[:n], plan) for n in range(plan.min_seeds, seed + 1)]
+    return Stop(TIME_BUDGET, looks, seed, spent)
+
+
+def run_retrain(run_dir: str | Path, top: int | None = None, seeds: int | str | None = None,
+                recipe: str | None = None, epochs: int | None = None, baselines: bool = False, device: str = "auto",
                 storage: str | None = None, overrides: dict[str, Any] | None = None,
                 keep_checkpoints: bool = False, init: str | None = None, target: str | None = None,
-                img_size: int | None = None, log: Callable[[str], None] = print) -> pd.DataFrame:
+                img_size: int | None = None, log: Callable[[str], None] = print, max_seeds: int | None = None,
+                max_hours: float | None = None) -> pd.DataFrame:
     """Train every contender with every seed (resuming unfinished runs); return RETRAIN_DIR/results.csv's rows.
 
+    `seeds`: a number, or "auto" (rounds until decided, at most `max_seeds`, none past `max_hours`).
     `target`, `img_size`: where to deploy the searched ramps (rampsearch.transfer.resolve_target)."""
     from .train import preflight
 
     run_dir = Path(run_dir)
     retrain_plan = plan(run_dir, {"top": top, "seeds": seeds, "recipe": recipe, "epochs": epochs,
-                                  "overrides": overrides, "init": init}, baselines, storage, device, log, target,
+                                  "overrides": overrides, "init": init, "max_seeds": max_seeds,
+                                  "max_hours": max_hours}, baselines, storage, device, log, target,
                         img_size)
     space, settings = retrain_plan.space, retrain_plan.settings
     out = retrain_dir(run_dir, retrain_plan.target)
@@ -238,21 +335,26 @@ def run_retrain(run_dir: str | Path, top: int | None = None, seeds: int | None =
         "settings": settings.to_dict(), "commands": [" ".join(redact_command(sys.argv))],
         "search": retrain_plan.search, "target": retrain_plan.transfer,
         "contenders": [asdict(c) for c in retrain_plan.contenders]}, indent=2))
-    rows = []
-    for contender in retrain_plan.contenders:
-        for seed in range(settings.seeds):
-            folder = out / contender.name / f"seed{seed}"
-            if (folder / RESULT).exists():  # train.fit writes it when the run is complete
-                log(f"{contender.name} seed {seed}: done earlier")
-            else:
-                log(f"{contender.name} seed {seed}: training ({settings.recipe} recipe, "
-                    f"{settings.epochs or 'its'} epochs)")
-                run_trial(config(contender, seed), report=lambda epoch, metrics: None)
-            result = read_json(folder / RESULT, "training result")  # one source, fresh or earlier
-            rows.append({"name": contender.name, "kind": contender.kind, "seed": seed, "top1": result["top1"],
-                         "top5": result["top5"], "loss": result["loss"], "seconds": result["seconds"],
-                         "flops": contender.flops, "params": contender.params, "proxy_score": contender.proxy_score,
-                         "trial": contender.trial, "inference_img_s": contender.inference_img_s})
+    auto = settings.seeds == AUTO
+    rows: list[dict[str, Any]] = []
+    stop: Stop | None = None
+    (out / STOPPING).unlink(missing_ok=True)  # written anew by this run's rule, when it has one
+    for seed in range(settings.max_seeds if auto else settings.seeds):  # rounds: one seed of every contender
+        if auto and seed > 0:
+            stop = _stop_before_round(rows, seed, settings)
+            if stop is not None:
+                break
+        for contender in retrain_plan.contenders:
+            rows.append(_train_seed(contender, seed, out / contender.name / f"seed{seed}", config, settings, log))
+        if auto:
+            stop = _stop_after_round(rows, seed + 1, settings)  # always a Stop at max_seeds
+            if stop is not None:
+                break
+    if stop is not None:
+        write_json(out / STOPPING, stop.to_dict(settings))
+        log(f"seeds: auto stopped after {stop.seeds} seeds: {stop.sentence(settings)}")
+    order = {c.name: i for i, c in enumerate(retrain_plan.contenders)}
+    rows.sort(key=lambda row: (order[row["name"]], row["seed"]))  # results.csv: schedule by schedule
     frame = pd.DataFrame(rows)
     frame.to_csv(out / "results.csv", index=False)
     return frame

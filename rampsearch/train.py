@@ -52,6 +52,7 @@ from .config import ConfigError, Recipe, TrainConfig, check_epochs, load_recipe
 from .data import SyntheticImages, build_datasets, check_data, data_identity
 from .errors import UserError
 from .model_spec import ModelSpec, build_model
+from .ramp import RampSchedule
 from .supernet import is_supernet, sandwich_backward
 
 log = logging.getLogger(__name__)
@@ -292,6 +293,26 @@ def _decay_groups(net: nn.Module, weight_decay: float) -> nn.Module | list[dict[
     return param_groups_weight_decay(net, weight_decay) if isinstance(net, InceptionTransformer) else net
 
 
+def _share_initial_weights(net: nn.Module, spec: ModelSpec, num_classes: int, drop_path: float, seed: int) -> int:
+    """Start an iFormer where the hand-set ramp of its architecture starts with `seed`: every parameter and
+    buffer of equal name and shape (stem, norms, MLPs, head, the mixers' parts the ramp leaves alone) is
+    copied from that model, built as `fit` builds it (after _reseed(seed, 0)). Two ramps trained with one
+    seed then differ by their ramp, not by their random draw, and their paired difference is less noisy.
+    Nothing changes for the hand-set ramp itself, ViT baselines and supernets. Returns the tensors copied."""
+    if spec.architecture is None:
+        return 0
+    handset = RampSchedule.handset(spec.architecture)
+    if spec.ramp == handset:
+        return 0
+    _reseed(seed, 0)
+    reference = build_model(dataclasses.replace(spec, ramp=handset), num_classes, drop_path).state_dict()
+    own = net.state_dict()
+    shared = {name: tensor for name, tensor in reference.items()
+              if name in own and own[name].shape == tensor.shape}
+    net.load_state_dict(shared, strict=False)
+    return len(shared)
+
+
 class _Trainer:
     """The model and everything that updates it: optimizer, lr schedule, EMA, mixup and loss."""
 
@@ -304,7 +325,10 @@ class _Trainer:
         from timm.utils import ModelEmaV3
 
         self.recipe, self.proc, self.steps, self.seed = recipe, proc, steps, seed
-        self.net = build_model(spec, num_classes, recipe.drop_path).to(proc.device)
+        self.net = build_model(spec, num_classes, recipe.drop_path)
+        if recipe.shared_init:
+            _share_initial_weights(self.net, spec, num_classes, recipe.drop_path, seed)
+        self.net = self.net.to(proc.device)
         self.supernet = is_supernet(self.net)  # trained by the sandwich rule (rampsearch.supernet)
         if recipe.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)

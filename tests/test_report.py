@@ -21,6 +21,7 @@ from matplotlib.lines import Line2D
 from rampsearch.errors import UserError
 from rampsearch.report import RunData, build_report
 from rampsearch.report.document import Document
+from rampsearch.report.stats import detectable_difference
 from rampsearch.report.sections import (MIN_TRIALS_FOR_IMPORTANCE, TOP_TRIALS, best_so_far, history_figure,
                                         retrain_name, top_trials)
 from rampsearch.search.space import load_space
@@ -243,11 +244,25 @@ def test_one_seed_says_no_test(run_dir, tmp_path):
     results[results["seed"] == 0].to_csv(run / "retrain" / "results.csv", index=False)
     outcome = build_report(run, frequency_images=FEW_IMAGES)
     summary = _summary_md(run / "report")
+    assert "With 1 seed this run cannot detect a difference of any size" in outcome["verdict"]
     for text in (outcome["verdict"], summary):
         assert "no test (1 seed)" in text
         assert "±" not in text.replace("mean ± std", "") and "p=1" not in text and "[-inf" not in text
     frame = pd.read_csv(run / "report" / "summary.csv").set_index("schedule")
     assert frame.loc["best", "test"] == "no test (1 seed)" and np.isnan(frame.loc["best", "p"])
+
+
+def test_every_comparison_says_what_it_could_detect(run_dir):
+    summary = pd.read_csv(run_dir / "report" / "summary.csv").set_index("schedule")
+    results = pd.read_csv(run_dir / "retrain" / "results.csv")
+    by = {name: rows.sort_values("seed")["top1"].to_numpy() for name, rows in results.groupby("name")}
+    sd = np.std(by["best"] - by["handset"], ddof=1)
+    assert summary.loc["best", "detectable Δ"] == pytest.approx(detectable_difference(sd, 2))
+    assert np.isnan(summary.loc["handset", "detectable Δ"])
+    verdict = (run_dir / "report" / "report.md").read_text().split("Verdict:", 1)[1].split("\n", 1)[0]
+    if "not significantly different" in verdict:
+        assert f"With 2 seeds this run could only detect differences above {summary.loc['best', 'detectable Δ']:.2f}" \
+            in verdict
 
 
 def test_verdict_opens_with_the_search_caveat(run_dir, tmp_path):

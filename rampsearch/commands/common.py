@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import sys
@@ -11,6 +12,7 @@ from typing import Any
 from ..architecture import VARIANTS, Architecture
 from ..errors import UserError, read_yaml_mapping
 from ..ramp import RampSchedule, load_ramp
+from ..sequential import AUTO, MIN_SEEDS
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -71,11 +73,32 @@ def nonnegative_int(text: str) -> int:
     return _integer(text, minimum=0)
 
 
-def _integer(text: str, minimum: int) -> int:
+def seeds_setting(text: str) -> int | str:
+    """argparse type: a number of seeds >= 1, or auto (rampsearch.sequential)."""
+    return AUTO if text == AUTO else _integer(text, minimum=1, alternative=f" or {AUTO}")
+
+
+def seeds_cap(text: str) -> int:
+    """argparse type: --max-seeds, at least the seeds of the first look (rampsearch.sequential)."""
+    return _integer(text, minimum=MIN_SEEDS)
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0 (hours)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _integer(text: str, minimum: int, alternative: str = "") -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}{alternative}, got {text!r}") from None
     if value < minimum:
         raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
     return value

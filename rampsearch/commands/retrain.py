@@ -5,16 +5,24 @@ import argparse
 
 from ..config import parse_set
 from ..retrain import run_retrain
+from ..sequential import MIN_SEEDS
 from .common import (add_device_arg, add_keep_checkpoints_arg, add_output_args, add_set_arg, add_target_args, logger,
-                     positive_int, print_json)
+                     positive_float, positive_int, print_json, seeds_cap, seeds_setting)
 
 
 def add_retrain_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top", type=positive_int, help="retrain the best K distinct within-budget searched "
                                                          "schedules (default: the space's retrain.top, else 1)")
-    parser.add_argument("--seeds", type=positive_int,
+    parser.add_argument("--seeds", type=seeds_setting,
                         help="seeds per schedule, the same for all (default: retrain.seeds, else 3); one seed "
-                             "gives no test of the difference")
+                             "gives no test of the difference. auto: rounds of one seed each until the best-vs-"
+                             "hand-set difference is decided by a rule valid under repeated looks, or a cap is hit")
+    parser.add_argument("--max-seeds", type=seeds_cap,
+                        help=f"with --seeds auto: stop undecided after this many seeds (default: retrain.max_seeds, "
+                             f"else 8; at least {MIN_SEEDS}); resume with the same value, it sets the rule")
+    parser.add_argument("--max-hours", type=positive_float,
+                        help="with --seeds auto: start no round that would pass this many hours of training "
+                             "(default: retrain.max_hours, else none)")
     parser.add_argument("--recipe", help="paper | proxy | a recipe YAML (default: retrain.recipe, else paper)")
     parser.add_argument("--epochs", type=positive_int, help="epochs (default: retrain.epochs, else the recipe's)")
     parser.add_argument("--init", choices=["scratch", "supernet"],
@@ -46,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     frame = run_retrain(args.run_dir, args.top, args.seeds, args.recipe, args.epochs, args.baselines, args.device,
                         args.storage, parse_set(args.overrides), args.keep_checkpoints, args.init, args.target,
-                        args.img_size, log=logger(args))
+                        args.img_size, log=logger(args), max_seeds=args.max_seeds, max_hours=args.max_hours)
     summary = frame.groupby("name", sort=False)["top1"].agg(["mean", "std", "count"]).reset_index()
     if args.json:
         print_json({"runs": frame.to_dict(orient="records"), "summary": summary.to_dict(orient="records")})

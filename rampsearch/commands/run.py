@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         log(f"warning: {exc}; retraining what it found")
     run_retrain(run_dir, args.top, args.seeds, args.recipe, args.epochs, args.baselines, args.device,
                 options.storage, parse_set(args.overrides), args.keep_checkpoints, args.init, args.target,
-                args.img_size, log=log)
+                args.img_size, log=log, max_seeds=args.max_seeds, max_hours=args.max_hours)
     print_outcome(build_report(run_dir, args.report_out, options.storage, log=log, target=args.target,
                                img_size=args.img_size), args.json)
     if shortfall:

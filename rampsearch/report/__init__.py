@@ -38,6 +38,7 @@ class RunData:
     plan: dict[str, Any]
     results: pd.DataFrame
     histories: dict[str, list[list[dict[str, float]]]] = field(default_factory=dict)  # name -> per seed, in order
+    stopping: dict[str, Any] | None = None  # RETRAIN_DIR/stopping.json of `seeds: auto` (rampsearch.retrain)
 
     @property
     def target(self) -> dict[str, Any] | None:
@@ -90,6 +91,7 @@ def load_run_data(run_dir: Path, storage: str | None = None, target: str | None 
     """Read and check the run directory; a missing or unfinished run is a UserError naming what to do.
 
     `target`, `img_size`: which retraining (rampsearch.transfer.resolve_target)."""
+    from ..retrain import STOPPING
     from ..search.study import load_run
     from ..transfer import resolve_target, retrain_command, retrain_dir
 
@@ -102,7 +104,9 @@ def load_run_data(run_dir: Path, storage: str | None = None, target: str | None 
                                    command).get("history", []) for seed in sorted(rows["seed"])]
                  for name, rows in results.groupby("name", sort=False)}
     trials = pd.read_csv(run_dir / "trials.csv") if (run_dir / "trials.csv").exists() else pd.DataFrame()
-    return RunData(run_dir, retrain, space, study, trials, plan, results, histories)
+    stopping = (_read_json(retrain / STOPPING, "seeds: auto stopping record", command)
+                if (retrain / STOPPING).is_file() else None)
+    return RunData(run_dir, retrain, space, study, trials, plan, results, histories, stopping)
 
 
 def build_report(run_dir: str | Path, out_dir: str | Path | None = None, storage: str | None = None,

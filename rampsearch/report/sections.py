@@ -42,9 +42,12 @@ from ..redact import redact  # noqa: E402
 from ..search.record import ONE_SHOT, TrialRecord  # noqa: E402
 from ..search.space import SUPERNET  # noqa: E402
 from .spectra import retrain_recipe, trained_profiles  # noqa: E402
-from .stats import Comparison, compare, kendall_tau, mean_std  # noqa: E402
+from .stats import ALPHA, MAX_SEEDS_NEEDED, POWER, Comparison, Power, compare, kendall_tau, mean_std  # noqa: E402
+from .stats import power_of  # noqa: E402
 
 HANDSET = "handset"
+DETECTABLE = "detectable Δ"  # summary column: the smallest difference the run could detect (rampsearch.report.stats)
+SEEDS_FOR_OBSERVED = "seeds for observed Δ"
 HANDSET_COLOUR = "black"
 TOP_TRIALS = 10  # rows of the top-trials table: enough to see what the best ramps share, few enough to read
 # Optuna's importance evaluator fits a random forest to (params -> value) over the complete trials;
@@ -178,11 +181,16 @@ def _summary_rows(data, name: RetrainName) -> pd.DataFrame:
                data.space.score.short: math.nan if c.get("proxy_score") is None else c["proxy_score"],
                f"{top1} mean": mean, f"{top1} std": std if len(scores) > 1 else math.nan,
                top1: _top1_text(scores), "seeds": len(scores),
-               "Δ vs hand-set": math.nan, "95% CI": "", "test": "", "p": math.nan}
+               "Δ vs hand-set": math.nan, "95% CI": "", "test": "", "p": math.nan,
+               DETECTABLE: math.nan, SEEDS_FOR_OBSERVED: math.nan}
         if c["name"] != HANDSET and scores and handset:
-            cmp = compare(scores, handset, paired=len(scores) == len(handset))
+            paired = len(scores) == len(handset)
+            cmp, power = compare(scores, handset, paired=paired), power_of(scores, handset, paired=paired)
             row.update({"Δ vs hand-set": cmp.difference, "95% CI": _ci_text(cmp),
-                        "test": f"no test ({cmp.no_test})" if cmp.no_test else cmp.test, "p": cmp.p_value})
+                        "test": f"no test ({cmp.no_test})" if cmp.no_test else cmp.test, "p": cmp.p_value,
+                        DETECTABLE: power.detectable,
+                        SEEDS_FOR_OBSERVED: math.nan if power.seeds_for_observed is None
+                        else power.seeds_for_observed})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -195,7 +203,8 @@ def summary_section(doc, data) -> str:
     verdict = _verdict(data, name)
     doc.paragraph(verdict, css_class="verdict")
     top1 = f"{name.short} top-1"
-    accuracy = frame[["schedule", top1, "seeds", "Δ vs hand-set", "95% CI", "test", "p"]]
+    accuracy = frame[["schedule", top1, "seeds", "Δ vs hand-set", "95% CI", "test", "p", DETECTABLE,
+                      SEEDS_FOR_OBSERVED]]
     cost = frame[["schedule", "kind", "per-stage C_h/C", "params (M)", "GFLOPs", "img/s", data.space.score.short]]
     doc.table(frame.drop(columns=[top1]), "summary", views=[accuracy, cost])
     doc.paragraph(
@@ -204,7 +213,10 @@ def summary_section(doc, data) -> str:
         f"{data.space.score.label} the search ranked by. The difference to the "
         "hand-set ramp has a 95% confidence interval and a t-test over seeds, named as run: paired t when both "
         "schedules ran the same seeds, Welch t otherwise; with one seed, or when every seed differs by the same "
-        "amount, there is no test. img/s is the inference throughput measured once when retraining (fp32, eval "
+        f"amount, there is no test. {DETECTABLE} is the smallest true difference this many seeds would detect "
+        f"with {POWER:.0%} power at two-sided {ALPHA:g}, from the measured spread of the per-seed differences "
+        f"(of each schedule's scores when unpaired); {SEEDS_FOR_OBSERVED} is how many seeds the observed "
+        f"difference would need for that (blank: none measured, or more than {MAX_SEEDS_NEEDED}). img/s is the inference throughput measured once when retraining (fp32, eval "
         f"mode, median of repeats). FLOPs are fvcore multiply-adds at {data.img_size}px with a "
         f"{data.space.budget.num_classes}-class head.")
     _finalists_paragraph(doc, data)
@@ -256,18 +268,49 @@ def _verdict(data, name: RetrainName) -> str:
                 "so there is nothing to compare.")
     caveat = _search_caveat(data)
     subject = f'{caveat}The runner-up retrained as "best"' if caveat else "the searched ramp"
-    cmp = compare(best, handset, paired=len(best) == len(handset))
-    if cmp.significant:
+    paired = len(best) == len(handset)
+    cmp, power = compare(best, handset, paired=paired), power_of(best, handset, paired=paired)
+    looks = (data.stopping or {}).get("looks") or []
+    if looks:  # seeds: auto: the interval of the last look, adjusted for looking after every seed
+        last = looks[-1]
+        significant = last["decided"]
+        evidence = (f"Δ {cmp.difference:+.2f} points, 95% CI [{last['ci_low']:+.2f}, {last['ci_high']:+.2f}] "
+                    f"adjusted for {len(looks)} look{'s' if len(looks) > 1 else ''} (seeds: auto)")
+    else:
+        significant = cmp.significant
+        interval = f"95% CI {_ci_text(cmp)}, " if _ci_text(cmp) else ""
+        evidence = f"Δ {cmp.difference:+.2f} points, {interval}{cmp.test_result()}"
+    if significant:
         word = "better than" if cmp.difference > 0 else "worse than"
     else:
         word = "not significantly different from"
-    interval = f"95% CI {_ci_text(cmp)}, " if _ci_text(cmp) else ""
-    evidence = f"Δ {cmp.difference:+.2f} points, {interval}{cmp.test_result()}"
     contenders = {c["name"]: c for c in data.plan["contenders"]}
     gf_best, gf_hand = contenders["best"]["flops"] / 1e9, contenders[HANDSET]["flops"] / 1e9
     seeds = f", {cmp.n} seeds" if cmp.n > 1 else ""  # one seed is already said: "no test (1 seed)"
-    return (f"Verdict: {subject} is {word} the hand-set ramp in the {name.long}: top-1 {_top1_text(best)}% vs "
-            f"{_top1_text(handset)}% ({evidence}{seeds}) at {gf_best:.4g} vs {gf_hand:.4g} GFLOPs.")
+    verdict = (f"Verdict: {subject} is {word} the hand-set ramp in the {name.long}: top-1 {_top1_text(best)}% vs "
+               f"{_top1_text(handset)}% ({evidence}{seeds}) at {gf_best:.4g} vs {gf_hand:.4g} GFLOPs.")
+    if not significant:
+        verdict += " " + power_words(power, cmp.difference)
+    if data.stopping:
+        verdict += f" Seeds: auto stopped after {data.stopping['seeds']} seeds: {data.stopping['sentence']}."
+    return verdict
+
+
+def power_words(power: Power, difference: float) -> str:
+    """What a comparison that decided nothing could have detected, in one or two plain sentences."""
+    if power.n < 2:
+        return ("With 1 seed this run cannot detect a difference of any size: it measured no seed-to-seed "
+                "spread to test against.")
+    if math.isnan(power.detectable):
+        return (f"Every one of the {power.n} seeds differed by the same amount, so no spread was measured and "
+                "nothing can be said about the difference this run could detect.")
+    words = (f"With {power.n} seeds this run could only detect differences above {power.detectable:.2f} points "
+             f"(two-sided {ALPHA:g}, {POWER:.0%} power), so it cannot decide anything smaller")
+    if power.seeds_for_observed is not None:
+        return words + f"; the observed {abs(difference):.2f} would need about {power.seeds_for_observed} seeds."
+    if difference != 0:
+        return words + f"; the observed {abs(difference):.2f} would need more than {MAX_SEEDS_NEEDED} seeds."
+    return words + "."
 
 
 # -- ramp -----------------------------------------------------------------------------------------

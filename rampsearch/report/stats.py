@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
+from scipy import integrate, optimize, stats
 
 # Why a comparison has no test (shown as "no test (...)" instead of a p-value).
 ONE_SEED = "1 seed"  # a t-test needs two or more seeds per schedule
@@ -178,3 +178,105 @@ def tau_ceiling(reliability: float) -> float:
         return math.nan
     r = math.sqrt(min(max(reliability, 0.0), 1.0))
     return 2 / math.pi * math.asin(r)
+
+
+# -- power ----------------------------------------------------------------------------------------
+# Power convention: a two-sided t-test at ALPHA detects a true difference with probability POWER.
+ALPHA = 0.05
+POWER = 0.80
+MAX_SEEDS_NEEDED = 1000  # beyond this many seeds `seeds_needed` answers None: no practical run decides it
+
+
+def _power(difference: float, sd: float, n: int, dof: float, alpha: float) -> float:
+    """Probability that a two-sided t-test at `alpha` rejects when the true difference is `difference`, the
+    per-seed standard deviation of a difference is `sd` and the mean is over `n` seeds.
+
+    The noncentral t's two tails; where scipy's nct returns NaN (its far tails at 1 degree of freedom,
+    exactly where two seeds need an answer), the same probability integrated over the spread estimate:
+    T = (Z + shift) / S with S^2 a chi-square over `dof`, P(|T| > c) = E_S[P(Z > cS - shift) + P(Z < -cS - shift)].
+    """
+    critical = stats.t.ppf(1 - alpha / 2, dof)
+    shift = difference / (sd / math.sqrt(n))
+    tails = stats.nct.sf(critical, dof, shift) + stats.nct.cdf(-critical, dof, shift)
+    if not math.isnan(tails):
+        return float(tails)
+    root = math.sqrt(dof)
+
+    def rejected(s: float) -> float:  # s = S: chi(dof) / sqrt(dof), its density by change of variable
+        density = stats.chi.pdf(s * root, dof) * root
+        return (stats.norm.sf(critical * s - shift) + stats.norm.cdf(-critical * s - shift)) * density
+
+    return float(integrate.quad(rejected, 0.0, math.inf)[0])
+
+
+def _dof(n: int, paired: bool) -> float:
+    return n - 1 if paired else 2 * n - 2
+
+
+def detectable_difference(sd: float, n: int, paired: bool = True, alpha: float = ALPHA,
+                          power: float = POWER) -> float:
+    """The smallest true difference a t-test over `n` seeds detects with `power` at two-sided `alpha`.
+
+    `sd` is the standard deviation of one seed's difference: of the per-seed paired differences when
+    both schedules share seeds (paired t, n - 1 degrees of freedom), else sqrt(sd_a^2 + sd_b^2) with `n`
+    seeds per side (two-sample t, 2n - 2 degrees of freedom). Exact under normal seed noise: the
+    difference where the noncentral t reaches `power`. inf with fewer than 2 seeds (no test exists,
+    so nothing is detectable); NaN when sd is 0 or NaN (no spread was measured).
+    """
+    if n < 2:
+        return math.inf
+    if not sd > 0:
+        return math.nan
+    dof = _dof(n, paired)
+    high = sd
+    while _power(high, sd, n, dof, alpha) < power:
+        high *= 2
+    return float(optimize.brentq(lambda d: _power(d, sd, n, dof, alpha) - power, 0.0, high, xtol=1e-10 * high))
+
+
+def seeds_needed(difference: float, sd: float, paired: bool = True, alpha: float = ALPHA,
+                 power: float = POWER) -> int | None:
+    """The fewest seeds whose t-test detects `difference` with `power` (same `sd` as
+    `detectable_difference`); None when the difference is 0 or NaN, sd is unknown, or more than
+    MAX_SEEDS_NEEDED seeds would be needed."""
+    if not sd > 0 or not abs(difference) > 0:
+        return None
+    low, high = 2, 2
+    while detectable_difference(sd, high, paired, alpha, power) > abs(difference):
+        if high >= MAX_SEEDS_NEEDED:
+            return None
+        low, high = high, min(2 * high, MAX_SEEDS_NEEDED)
+    while low < high:  # detectable_difference falls as n grows: the first n that reaches |difference|
+        middle = (low + high) // 2
+        if detectable_difference(sd, middle, paired, alpha, power) <= abs(difference):
+            high = middle
+        else:
+            low = middle + 1
+    return high
+
+
+@dataclass(frozen=True)
+class Power:
+    """What a comparison of A and B over seeds could detect (two-sided ALPHA, POWER)."""
+
+    sd: float  # per-seed standard deviation of a difference (NaN with fewer than 2 seeds)
+    n: int
+    paired: bool
+    detectable: float  # smallest true difference detectable with these seeds (inf with one seed)
+    seeds_for_observed: int | None  # seeds the observed difference would need (None: see seeds_needed)
+
+
+def power_of(a: Sequence[float], b: Sequence[float], paired: bool = True) -> Power:
+    """The detectable difference and the seeds the observed difference needs, from the measured spread:
+    of the per-seed differences when paired, of each side's scores otherwise."""
+    a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    n = len(a_arr) if paired else min(len(a_arr), len(b_arr))
+    if paired:
+        if len(a_arr) != len(b_arr):
+            raise ValueError(f"paired power needs equal numbers of seeds, got {len(a_arr)} and {len(b_arr)}")
+        sd = float((a_arr - b_arr).std(ddof=1)) if n > 1 else math.nan
+    else:
+        sd = math.hypot(mean_std(a_arr)[1], mean_std(b_arr)[1]) if n > 1 else math.nan
+    difference = float(a_arr.mean() - b_arr.mean())
+    return Power(sd, n, paired, detectable_difference(sd, n, paired) if n > 1 else math.inf,
+                 seeds_needed(difference, sd, paired))

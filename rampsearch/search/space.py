@@ -16,6 +16,7 @@ from ..architecture import VARIANTS, Architecture, ArchitectureError
 from ..errors import UserError, read_yaml_mapping
 from ..flops import flops_model
 from ..ramp import RampSchedule, allowed_high_heads
+from ..sequential import AUTO, MIN_SEEDS
 from .parameterizations import PARAMETERIZATIONS, Knots, Parameterization
 from .record import ONE_SHOT, OVER_BUDGET, TRAIN, CandidateKey, TrialRecord, candidate_key
 from .score import LOSS, METRICS as SCORES, TOP1, Score
@@ -183,7 +184,11 @@ class RetrainSettings:
     rescore: int | None = None
     rescore_seeds: int = 2
     init: str = SCRATCH  # scratch | supernet (fine-tune the sub-networks the supernet extracts)
-    seeds: int = 3
+    # A number of seeds for every contender, or "auto": seed rounds until the best-vs-hand-set difference
+    # is decided (rampsearch.sequential), at most `max_seeds`, and none started past `max_hours` of training.
+    seeds: int | str = 3
+    max_seeds: int = 8
+    max_hours: float | None = None
     recipe: str = "paper"
     epochs: int | None = None  # None: the recipe's
     overrides: dict[str, Any] = field(default_factory=dict)  # recipe keys, over proxy.overrides
@@ -514,11 +519,19 @@ def _search_settings(data: Any, source: str, multi_objective: bool, method: str)
 
 def parse_retrain_settings(data: Any, source: str) -> RetrainSettings:
     """A `retrain:` mapping as settings; errors name `source` and the key."""
-    retrain = _mapping(data, source, "retrain", {"top", "seeds", "recipe", "epochs", "overrides", "rescore",
-                                                 "rescore_seeds", "init"})
-    for key in ("top", "seeds", "epochs", "rescore"):
+    retrain = dict(_mapping(data, source, "retrain", {"top", "seeds", "recipe", "epochs", "overrides", "rescore",
+                                                      "rescore_seeds", "init", "max_seeds", "max_hours"}))
+    for key in ("top", "epochs", "rescore"):
         if retrain.get(key) is not None:
             _integer(retrain[key], source, f"retrain.{key}")
+    if retrain.get("seeds") not in (None, AUTO):
+        if not isinstance(retrain["seeds"], int) or isinstance(retrain["seeds"], bool):
+            raise _err(source, "retrain.seeds", f"expected a number of seeds or {AUTO!r}, got {retrain['seeds']!r}")
+        _integer(retrain["seeds"], source, "retrain.seeds")
+    if retrain.get("max_seeds") is not None:
+        _integer(retrain["max_seeds"], source, "retrain.max_seeds", minimum=MIN_SEEDS)
+    if retrain.get("max_hours") is not None:
+        retrain["max_hours"] = _number(retrain["max_hours"], source, "retrain.max_hours")
     if "rescore_seeds" in retrain:
         _integer(retrain["rescore_seeds"], source, "retrain.rescore_seeds", minimum=0)
     if retrain.get("init", "scratch") not in INITS:
