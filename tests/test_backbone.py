@@ -213,6 +213,17 @@ def test_fx_feature_extraction(name):
     assert all(p.grad is not None for p in extractor.parameters())
 
 
+@pytest.mark.parametrize("name", sorted(timm.list_models("inception_transformer_*") + timm.list_models("t2t_vit_*")))
+def test_fx_traced_model_scripts(name):
+    """timm's test_model_forward_fx_torchscript: trace to the last node, then torch.jit.script the graph."""
+    model = timm.create_model(name, num_classes=10, img_size=64).eval()
+    _, eval_nodes = get_graph_node_names(model)
+    scripted = torch.jit.script(create_feature_extractor(model, [eval_nodes[-1]]).eval())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(next(iter(scripted(x).values())), model(x), rtol=1e-5, atol=1e-5)
+
+
 def test_plain_torch_fx_traces_too():
     model = _create(NANO).eval()
     x = _image(NANO, batch=1)

@@ -30,9 +30,9 @@ the module list ("list", "dict") would skip the position embeddings, which the m
 forward, not in a module; feature_cls="fx" works but returns the blocks' channels-last outputs.
 TorchScript and FX tracing both work: stages are spelled out (not looked up by name) so TorchScript
 compiles them, and the position-embedding resize, which compares shapes, is a leaf for every FX tracer
-(`torch.fx.wrap`).
+(`torch.fx.wrap`). Annotations are evaluated (no `from __future__ import annotations`), so the code FX
+generates names real types and TorchScript compiles an FX-traced model too.
 """
-from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping

@@ -22,11 +22,11 @@ timm: the `t2t_vit_t_*` entrypoints and `build_t2t_vit` build through `build_mod
 plain constructor values (exported by `timm.models.save_for_hf`, reloaded with `local-dir:`), with a
 pretrained cfg per entrypoint (no weights are hosted: pretrained=True needs a file). Like timm's ViT,
 `forward_intermediates` / `features_only=True` give single-scale (stride 16) maps of any blocks,
-class token dropped. TorchScript and FX tracing (timm's helpers) work. The first learned layer works
+class token dropped. TorchScript and FX tracing (timm's helpers) work, and scripting an FX-traced model
+too (annotations are evaluated: no `from __future__ import annotations`). The first learned layer works
 on 7x7 unfolded pixel patches (a LayerNorm and a linear, not a conv), so timm cannot adapt a
 checkpoint's input layer to another `in_chans`.
 """
-from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional, Set, Tuple, Union
