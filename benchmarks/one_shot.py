@@ -31,7 +31,6 @@ import dataclasses
 import datetime
 import itertools
 import json
-import platform
 import random
 import shutil
 import statistics
@@ -46,6 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rampsearch.architecture import Architecture  # noqa: E402
+from rampsearch.machine import cpu_model, matmul_gflops  # noqa: E402
 from rampsearch.model_spec import ModelSpec  # noqa: E402
 from rampsearch.ramp import RampSchedule  # noqa: E402
 from rampsearch.report.stats import (kendall_tau, split_half_reliability, tau_bootstrap_ci,  # noqa: E402
@@ -57,8 +57,6 @@ from rampsearch.search.trial import run_trial, train_config  # noqa: E402
 THREADS = 1  # one core for this run; the machine's other core belongs to someone else's work
 POOL_SEED = 1  # random.Random seed of the pool draw (as the supernet's training draws ramps)
 BOOTSTRAP = 2000  # resamples of the ramps for every tau interval
-MATMUL_SIZE = 2048  # n of the n x n fp32 matmul that measures this machine's speed
-MATMUL_REPEATS = 7  # timed matmuls (after one warm-up); the median is reported
 DISTINCT_DECIMALS = 6  # scores equal to this many decimals count as one value (ties)
 SCORE_IMAGES_GRID = (120, 240, ALL_IMAGES)  # scoring-set sizes compared on supernet A
 BN_IMAGES_GRID = (32, 128, 256)  # BatchNorm re-estimation sizes compared on supernet A
@@ -67,28 +65,6 @@ ALL_VARIANTS = "ABCDE"
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def matmul_gflops() -> float:
-    """This machine's fp32 matmul speed at the current thread count (median of MATMUL_REPEATS)."""
-    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
-    a @ b  # warm-up
-    times = []
-    for _ in range(MATMUL_REPEATS):
-        started = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - started)
-    return 2 * MATMUL_SIZE ** 3 / statistics.median(times) / 1e9
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # -- supernets --------------------------------------------------------------------------------------------
@@ -120,10 +96,11 @@ def variant_spaces(space: SearchSpace, letters: str) -> dict[str, tuple[str, Sea
 
 
 def train_timed(space: SearchSpace, folder: Path) -> tuple[float, dict[str, float]]:
-    """Train the space's supernet in `folder`: (seconds, its final metrics on the hand-set sub-network)."""
-    started = time.perf_counter()
+    """Train the space's supernet in `folder`: (its training seconds, its final metrics on the hand-set
+    sub-network). The seconds are the run's own record (resumed sessions included), so a supernet a
+    resumed benchmark finds finished keeps the time it took."""
     result = train_supernet(space, folder, quiet=True)
-    return time.perf_counter() - started, dict(result.final)
+    return result.seconds, dict(result.final)
 
 
 def score_all(scorer: Scorer, candidates: list[Candidate]) -> list[dict[str, float]]:
@@ -393,6 +370,7 @@ def main() -> None:
     save()
 
     # Every supernet first (a failing setting shows within minutes), then the long standalone trainings.
+    report["supernets"] = supernets
     for letter, (setting, variant) in variants.items():
         if letter in supernets:
             continue
