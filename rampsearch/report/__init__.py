@@ -10,6 +10,7 @@ missing or unfinished run is a UserError, and no report directory is left behind
 """
 from __future__ import annotations
 
+import hashlib
 import platform
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,23 @@ import pandas as pd
 from ..checkpoint import read_json
 from ..errors import UserError, ensure_directory
 from .document import Document
+
+DIGEST_CHARS = 16  # hex characters of a SHA-256 kept in the metadata: enough to tell versions apart
+
+
+def report_code_digest() -> str:
+    """SHA-256 over this package's source files (name and bytes, in name order): which report code wrote a
+    report. The run metadata records it, so a committed report made by other code is caught."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:DIGEST_CHARS]
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (the search space a report was made from), shortened like the code's."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:DIGEST_CHARS]
+
 
 # Columns of RETRAIN_DIR/results.csv the report reads.
 RESULT_COLUMNS = ("name", "kind", "seed", "top1", "seconds")
@@ -135,7 +153,8 @@ def build_report(run_dir: str | Path, out_dir: str | Path | None = None, storage
     say(f"report: frequency analysis on {frequency_images} validation images")
     frequency_section(doc, data, frequency_images)
     metadata_section(doc, data, extra={"report_seconds": round(time.perf_counter() - started, 1),
-                                       "report_machine": platform.platform()})
+                                       "report_machine": platform.platform(), "report code": report_code_digest(),
+                                       "space sha256": file_digest(run_dir / "space.yaml")})
     paths = doc.write()
     say(f"report: wrote {len(paths['tables'])} tables to {out_dir}")
     return {"html": str(paths["html"]), "markdown": str(paths["markdown"]), "verdict": verdict,

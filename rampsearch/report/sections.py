@@ -36,6 +36,7 @@ import pandas as pd  # noqa: E402
 
 from ..architecture import Architecture  # noqa: E402
 from ..config import load_recipe  # noqa: E402
+from ..machine import cpu_model  # noqa: E402
 from ..model_spec import ModelSpec  # noqa: E402
 from ..ramp import RampSchedule  # noqa: E402
 from ..redact import redact  # noqa: E402
@@ -688,7 +689,8 @@ def metadata_section(doc, data, extra: dict[str, Any]) -> None:
         "retraining": retrain_name(data).long,
         "retraining settings": data.plan["settings"],
         "retraining seconds (sum over runs)": round(data.results["seconds"].sum(), 1),
-        "hardware": f"{platform.machine()}, {os.cpu_count()} CPUs, {_gpu()}", "python": platform.python_version(),
+        "hardware": f"{cpu_model()} ({platform.machine()}), {os.cpu_count()} CPUs, {_gpu()}",
+        "python": platform.python_version(),
         **{f"version {k}": v for k, v in versions.items()}, **extra,
     }
     doc.table(pd.DataFrame({"item": list(info), "value": [json.dumps(v) if isinstance(v, dict) else str(v)
