@@ -70,6 +70,7 @@ MODEL_FILE, EMA_FILE = "model.safetensors", "model_ema.safetensors"
 # Without a terminal (a log file, a CI job) there is no progress bar; a line this often instead. At
 # the proxy recipe's batch of 64 that is every 3,200 images: a few lines a minute on a CPU.
 PLAIN_LOG_EVERY_STEPS = 50
+PLAIN_LOG_EVERY_SECONDS = 30  # or sooner: a slow epoch (a supernet's, on a CPU) still shows it is alive
 
 
 class StopTraining(Exception):
@@ -362,14 +363,14 @@ class _Trainer:
         """One pass over `loader`; (mean training loss over all processes, seconds, last lr used).
 
         With `plain_log` (output is not a terminal, so there is no bar), a log line every
-        PLAIN_LOG_EVERY_STEPS steps says how far the epoch is.
+        PLAIN_LOG_EVERY_STEPS steps or PLAIN_LOG_EVERY_SECONDS, whichever comes first, says how far the epoch is.
         """
         from timm.utils import distribute_bn
 
         recipe, device = self.recipe, self.proc.device
         self.model.train()
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        started = time.perf_counter()
+        started = last_line = time.perf_counter()
         for step, (images, target) in enumerate(loader):
             images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
             if recipe.channels_last:
@@ -389,7 +390,9 @@ class _Trainer:
             bar.update(1)
             img_s = (step + 1) * recipe.batch_size / (time.perf_counter() - started)
             bar.set_postfix_str(f"{img_s:.0f} img/s")
-            if plain_log and (step + 1) % PLAIN_LOG_EVERY_STEPS == 0:
+            if plain_log and ((step + 1) % PLAIN_LOG_EVERY_STEPS == 0
+                              or time.perf_counter() - last_line >= PLAIN_LOG_EVERY_SECONDS):
+                last_line = time.perf_counter()
                 log.info("epoch %d step %d/%d  %.0f img/s", epoch + 1, step + 1, self.steps, img_s)
         seconds = time.perf_counter() - started
         lr = self.optimizer.param_groups[0]["lr"]

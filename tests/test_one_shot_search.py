@@ -36,8 +36,17 @@ def space_file(tmp_path_factory) -> Path:
 def searched(space_file, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("one_shot") / "run"
     run_search(space_file, run_dir, SearchOptions(trials=8, study="tiny"), "optuna", show_progress=False,
-               log=lambda m: None)
+               log=SEARCH_LOG.append)
     return run_dir
+
+
+SEARCH_LOG: list[str] = []  # what the fixture's search said, as a log file would have it
+
+
+def test_supernet_training_says_each_epoch_in_the_search_log(searched):
+    epochs = [line for line in SEARCH_LOG if line.startswith("supernet: epoch ")]
+    assert [line.split()[2] for line in epochs] == ["1/2:", "2/2:"]
+    assert all("hand-set sub-network loss" in line for line in epochs)
 
 
 def test_one_shot_search_trains_one_supernet_and_scores_every_candidate_on_it(searched):

@@ -47,6 +47,20 @@ def test_two_epochs_lower_the_loss_and_write_outputs(tmp_path):
     assert not list(tmp_path.glob("*.pt*")) and not list(tmp_path.glob("*.pkl"))  # nothing pickled
 
 
+def test_a_log_file_gets_step_lines_every_50_steps_or_30_seconds(monkeypatch, caplog):
+    """Output that is not a terminal has no bar: step lines say the epoch is alive (every step here, with the
+    time rule at 0 s), then the epoch line."""
+    import rampsearch.train as train
+
+    monkeypatch.setattr(train, "PLAIN_LOG_EVERY_SECONDS", 0)
+    with caplog.at_level("INFO", logger="rampsearch.train"):
+        fit(replace(tiny(epochs=1), quiet=False))
+    lines = [r.getMessage() for r in caplog.records]
+    steps = [line for line in lines if line.startswith("epoch 1 step ")]
+    assert [line.split()[3] for line in steps] == [f"{n}/6" for n in range(1, 7)]  # 96 images, batches of 16
+    assert any(line.startswith("epoch 1/1  train_loss") for line in lines)
+
+
 def test_same_seed_same_metrics_and_other_seed_differs():
     first, second, other = fit(tiny(epochs=1)), fit(tiny(epochs=1)), fit(replace(tiny(epochs=1), seed=5))
     assert metrics(first) == metrics(second)

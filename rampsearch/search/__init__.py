@@ -131,7 +131,14 @@ def _ensure_supernet(space: SearchSpace, options: SearchOptions, run_dir: Path, 
     if Path(options.supernet) != run_dir / SUPERNET_DIR:
         return
     log(f"supernet: training in {options.supernet} ({space.supernet.epochs} epochs; a rerun resumes it)")
-    result = train_supernet(space, Path(options.supernet), options.device, quiet=not show_progress)
+    epochs = space.supernet.epochs
+
+    def epoch_line(epoch: int, metrics: dict[str, float]) -> None:  # a line per epoch, in a log file too
+        log(f"supernet: epoch {epoch}/{epochs}: hand-set sub-network loss {metrics['loss']:.4f}, "
+            f"top-1 {metrics['top1']:.2f}")
+
+    result = train_supernet(space, Path(options.supernet), options.device, quiet=not show_progress,
+                            on_epoch=epoch_line)
     log(f"supernet: trained in {result.seconds:.0f}s; hand-set sub-network top-1 on the search split "
         f"{result.final['top1']:.2f}%")
 

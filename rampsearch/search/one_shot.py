@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -45,11 +45,13 @@ def supernet_config(space: SearchSpace, out: Path | None, device: str | None = N
                         data_split=SEARCH)
 
 
-def train_supernet(space: SearchSpace, out: Path, device: str | None = None, quiet: bool = False):
-    """Train (or resume, or find finished) the space's supernet in `out`; returns the TrainResult."""
+def train_supernet(space: SearchSpace, out: Path, device: str | None = None, quiet: bool = False,
+                   on_epoch: Callable[[int, dict[str, float]], None] | None = None):
+    """Train (or resume, or find finished) the space's supernet in `out`; returns the TrainResult.
+    `on_epoch(epoch, metrics)` is called after every epoch trained (metrics of the hand-set sub-network)."""
     from ..train import fit
 
-    return fit(supernet_config(space, out, device, quiet))
+    return fit(supernet_config(space, out, device, quiet), on_epoch)
 
 
 def check_supernet(folder: Path, space: SearchSpace) -> None:
