@@ -38,7 +38,7 @@ from .search.results import standing
 from .search.space import SCRATCH, SUPERNET, RetrainSettings, SearchSpace, Target, parse_retrain_settings
 from .search.study import load_run, search_metadata
 from .search.trial import run_trial, train_config
-from .sequential import AUTO, MIN_SEEDS, Look, SequentialPlan, look
+from .sequential import AUTO, Look, SequentialPlan, look
 from .transfer import Transfer, resolve_target, retrain_dir
 
 HANDSET = "handset"
@@ -253,7 +253,12 @@ class Stop:
 
 
 def _sequential_plan(settings: RetrainSettings) -> SequentialPlan:
-    return SequentialPlan(settings.max_seeds, min(MIN_SEEDS, settings.max_seeds))
+    return SequentialPlan(settings.max_seeds)  # max_seeds >= MIN_SEEDS, checked with the settings
+
+
+def _looks(differences: list[float] | None, seeds: int, plan: SequentialPlan) -> list[Look]:
+    """Every look the rule has made after `seeds` seeds (none without a best, or before the first)."""
+    return [] if differences is None else [look(differences[:n], plan) for n in range(plan.min_seeds, seeds + 1)]
 
 
 def _differences(rows: list[dict[str, Any]]) -> list[float] | None:
@@ -271,7 +276,7 @@ def _stop_after_round(rows: list[dict[str, Any]], seeds: int, settings: RetrainS
     differences = _differences(rows)
     if differences is None:
         return Stop(NOTHING_TO_COMPARE, [], seeds) if seeds >= plan.min_seeds else None
-    looks = [look(differences[:n], plan) for n in range(plan.min_seeds, seeds + 1)]
+    looks = _looks(differences, seeds, plan)
     if looks and looks[-1].decided:
         return Stop(DECIDED, looks, seeds)
     if seeds >= settings.max_seeds:
@@ -286,9 +291,7 @@ def _stop_before_round(rows: list[dict[str, Any]], seed: int, settings: RetrainS
     spent = sum(row["seconds"] for row in rows) / 3600
     if spent + spent / seed <= settings.max_hours:
         return None
-    plan, differences = _sequential_plan(settings), _differences(rows)
-    looks = [] if differences is None else [look(differences[:n], plan) for n in range(plan.min_seeds, seed + 1)]
-    return Stop(TIME_BUDGET, looks, seed, spent)
+    return Stop(TIME_BUDGET, _looks(_differences(rows), seed, _sequential_plan(settings)), seed, spent)
 
 
 def run_retrain(run_dir: str | Path, top: int | None = None, seeds: int | str | None = None,
