@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from rampsearch.config import ConfigError, load_recipe
-import rampsearch.data as data_module
+import rampsearch.data.folders as folders_module
+import rampsearch.data.synthetic as synthetic_module
 from rampsearch.data import DataError, build_datasets, check_data, synthetic_freq
 
 
@@ -130,12 +131,12 @@ def test_synthetic_too_large_for_memory_is_refused_at_once():
 
 def test_synthetic_memory_is_checked_against_physical_memory(monkeypatch):
     assert check_data("synthetic-freq", recipe(), 64) is None  # 3200 images at 64 px: ~0.3 GB
-    need = data_module._synthetic_bytes(recipe(), 64)
+    need = synthetic_module._synthetic_bytes(recipe(), 64)
     assert 3200 * 3 * 64 * 64 * 5 < need < 1e9  # uint8 images, float32 noise of the train split, temporaries
-    monkeypatch.setattr(data_module, "_physical_memory", lambda: need - 1)
+    monkeypatch.setattr(synthetic_module, "_physical_memory", lambda: need - 1)
     with pytest.raises(DataError, match=f"need about {need:,} bytes"):
         check_data("synthetic-freq", recipe(), 64)
-    monkeypatch.setattr(data_module, "_physical_memory", lambda: None)  # OS does not tell: not refused
+    monkeypatch.setattr(synthetic_module, "_physical_memory", lambda: None)  # OS does not tell: not refused
     assert check_data("synthetic-freq", recipe(), 100_000) is None
 
 
@@ -246,7 +247,7 @@ def test_check_data_passes_a_good_folder_without_opening_images(tmp_path, monkey
     def no_opening(*args, **kwargs):
         raise AssertionError("check_data opened an image")
 
-    monkeypatch.setattr(data_module.Image, "open", no_opening)
+    monkeypatch.setattr(folders_module.Image, "open", no_opening)
     start = time.perf_counter()
     assert check_data(str(root), recipe(), 16) is None
     assert check_data(str(root), recipe(data_classes=["emu", "cat"]), 16) is None

@@ -1,7 +1,5 @@
-"""Training and validation data: the built-in synthetic-freq set, or any image folder.
+"""synthetic-freq: the built-in data set, generated procedurally (no download).
 
-synthetic-freq
---------------
 A procedurally generated classification set whose label needs both a low-frequency cue (the global
 layout of a few blobs) and a high-frequency cue (the orientation of a fine grating inside them):
 label = layout * n_high + orientation. Either cue alone leaves n_high (or n_low) classes to guess
@@ -35,66 +33,23 @@ a change to the generator, however small, changes them.
 Its labels are not invariant to flips, crops or rotations (they change orientations and
 layouts), so synthetic-freq uses none of the recipe's image transforms; batch-level mixup/cutmix
 and label smoothing still apply.
-
-Image folders
--------------
-`root/train/CLASS/*.png` and `root/val/CLASS/*` (also `validation/`), or `root/CLASS/*` split per
-class with a seed. Classes are the train split's folder names, sorted; the same mapping labels
-val, so an empty or missing class folder can never shift labels. Loading goes through timm's
-`create_dataset` and `create_transform`. Proxy controls (recipe keys): `data_classes` (a subset),
-`data_fraction` (of every class's images) and the run's `img_size`. Files that are not images are
-ignored; files with an image extension that PIL cannot open are skipped and counted in the log,
-or rejected by name with `strict_data: true` (which also fully decodes every image up front).
-
-The search split
-----------------
-A search must not pick its candidates on the images the final comparison reports, so search trials
-(`TrainConfig.data_split: search`) hold out `search_split` (recipe key, default 0.2) of every class's
-*training* images, train on the rest and are scored on the held-out part; retraining and `rampsearch
-train` (`data_split: final`) train on all training images and report val. The search split is a
-subset of the training images, so it is disjoint from val by construction. Per class,
-round(search_split * n) images are held out, at least one, and at least one stays for training.
-Synthetic-freq splits its generated train set by index; image folders split the training file lists
-after `data_classes`, the val split and `data_fraction`, and evaluate the held-out images with the eval
-transform (no augmentation). Its seed is `split_seed`, through its own stream
-(`np.random.default_rng([split_seed, SEARCH_SPLIT_STREAM])`; the val split of a single folder uses
-`default_rng(split_seed)` and `data_fraction` `default_rng(split_seed + 1)`), so changing one never
-moves the other.
-
-Every data set needs at least 2 classes (after `data_classes`): top-1 over one class is always 100%.
-`check_data` runs the checks that need no decoding and no allocation (folder layout, class folders,
-one image file per class by extension; synthetic class counts and memory): one directory listing per
-class folder, 0.4 s for 300 folders of 1300 files (a full scan: 10 s), so a search or retraining runs
-it once before its first trial.
 """
 from __future__ import annotations
 
-import itertools
-import logging
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import logging
 from functools import lru_cache, partial
-from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from .config import DATA_SPLITS, FINAL, SEARCH, Recipe, check_data_split  # noqa: F401 (DATA_SPLITS: re-exported)
-from .errors import UserError
+from ..config import FINAL, SEARCH, Recipe
+from .base import ONE_CLASS, DataError, Datasets
+from .splits import search_split_indices
 
 log = logging.getLogger(__name__)
-
-SYNTHETIC = "synthetic-freq"
-
-# Second word of the search split's seed, [split_seed, SEARCH_SPLIT_STREAM]. Non-zero: numpy's
-# SeedSequence pads entropy with zeros, so [s, 0] would be the stream of default_rng(s), the val
-# split's (and [s + 1, 0] data_fraction's); any non-zero word gives a stream of its own.
-SEARCH_SPLIT_STREAM = 2
 
 # Blob centres of each low-frequency (layout) class, in units of the random spread, before rotation
 # and shift: pairs horizontal, vertical, diagonal, anti-diagonal; two triangles; a square; a row of 3.
@@ -186,64 +141,12 @@ _RENDER_CHUNK = 512
 # Float32 N x 3 x H x W buffers _render holds at its peak besides the noise it renders into (measured:
 # 2.2-2.8 at 128-256 px); part of the memory estimate in _synthetic_bytes.
 _RENDER_TEMPORARIES = 3
-_ONE_CLASS = "top-1 over one class is always 100% and means nothing; at least 2 classes are needed"
 
-
-class DataError(UserError):
-    """Unusable data; the message names the path and what is wrong with it."""
-
-
-@dataclass
-class Datasets:
-    train: Dataset
-    val: Dataset
-    num_classes: int
-    classes: list[str]
-
-
-def data_identity(source: str) -> str:
-    """How a run's identity names its data: 'synthetic-freq', or the folder's absolute path."""
-    return source if source == SYNTHETIC else str(Path(source).resolve())
-
-
-def build_datasets(source: str, recipe: Recipe, img_size: int, split: str = FINAL) -> Datasets:
-    """Train and val datasets for `source`: 'synthetic-freq' or an image-folder path.
-
-    `split` FINAL: the training data and val. SEARCH: the training data minus its search split, and
-    the search split as `val` (see the module doc).
-    """
-    check_data_split(split)
-    if source == SYNTHETIC:
-        return synthetic_datasets(recipe, img_size, split)
-    return image_folder_datasets(Path(source), recipe, img_size, split)
-
-
-def check_data(source: str, recipe: Recipe, img_size: int, split: str = FINAL) -> None:
-    """Raise the DataError `build_datasets` would raise for a bad folder or recipe, without loading anything.
-
-    Image folder: the layout, the class folders (at least 2 after `data_classes`) and one file with an
-    image extension in each (no file is opened: corrupt files are found by `build_datasets`).
-    synthetic-freq: the class counts and whether the set fits this machine's memory. `split` SEARCH:
-    synthetic-freq needs 2 training images per class (one held out, one to train on); an image folder
-    whose classes all have a single training image fails in `build_datasets` (this check counts no files).
-    """
-    check_data_split(split)
-    if source == SYNTHETIC:
-        _check_synthetic(recipe, img_size, split)
-        return
-    train_root, val_dir = _folder_layout(Path(source))
-    names = list(_class_files(train_root, first_only=True))
-    classes = _select_classes(names, recipe.data_classes, train_root)
-    if val_dir is not None and not set(classes) & set(_class_files(val_dir, set(names), first_only=True)):
-        raise _no_validation(val_dir)
-
-
-# -- synthetic-freq ----------------------------------------------------------------------------------
 
 def synthetic_datasets(recipe: Recipe, img_size: int, split: str = FINAL) -> Datasets:
     """The generated train and val sets (FINAL), or the train set split into search-train and search split
     (SEARCH: the val set is not made)."""
-    _check_synthetic(recipe, img_size, split)
+    check_synthetic(recipe, img_size, split)
     low, high = recipe.synthetic_low_classes, recipe.synthetic_high_classes
     classes = [f"layout{i}_orientation{j}" for i in range(low) for j in range(high)]
 
@@ -264,36 +167,8 @@ def synthetic_datasets(recipe: Recipe, img_size: int, split: str = FINAL) -> Dat
                     SyntheticImages(*val, recipe.mean, recipe.std), len(classes), classes)
 
 
-def search_split_indices(labels: Sequence[int] | np.ndarray, share: float,
-                         seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indices kept for training, indices held out as the search split) of a training set with `labels`.
 
-    Per class (in label order): a permutation from `default_rng([seed, SEARCH_SPLIT_STREAM])`, of which
-    the first round(share * n) are held out, at least one, and at least one is kept; both sorted.
-    """
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(_search_seed(seed))
-    kept, held = [], []
-    for c in np.unique(labels):
-        members = np.flatnonzero(labels == c)
-        order = members[rng.permutation(len(members))]
-        n_held = _held_count(len(members), share, minimum=1)
-        held.append(order[:n_held])
-        kept.append(order[n_held:])
-    return np.sort(np.concatenate(kept)), np.sort(np.concatenate(held))
-
-
-def _search_seed(split_seed: int) -> list[int]:
-    return [split_seed, SEARCH_SPLIT_STREAM]
-
-
-def _held_count(n: int, share: float, minimum: int = 0) -> int:
-    """Of a class's n images, how many a per-class split with `share` holds out: round(share * n), at least
-    `minimum`, and never all (a class keeps at least one training image)."""
-    return max(0, min(max(minimum, round(share * n)), n - 1))
-
-
-def _check_synthetic(recipe: Recipe, img_size: int, split: str = FINAL) -> None:
+def check_synthetic(recipe: Recipe, img_size: int, split: str = FINAL) -> None:
     """Refuse class counts, sizes and set sizes synthetic-freq cannot make here; allocates nothing."""
     low, high = recipe.synthetic_low_classes, recipe.synthetic_high_classes
     if not (1 <= low <= len(LAYOUTS) and 1 <= high <= MAX_TEXTURES):
@@ -302,7 +177,7 @@ def _check_synthetic(recipe: Recipe, img_size: int, split: str = FINAL) -> None:
                         f"got {low} and {high}")
     if low * high < 2:
         raise DataError(f"synthetic-freq: synthetic_low_classes {low} x synthetic_high_classes {high} "
-                        f"makes one class; {_ONE_CLASS}")
+                        f"makes one class; {ONE_CLASS}")
     if min(recipe.synthetic_train_per_class, recipe.synthetic_val_per_class) < 1:
         raise DataError("synthetic-freq: synthetic_train_per_class and synthetic_val_per_class must be >= 1; "
                         f"got {recipe.synthetic_train_per_class} and {recipe.synthetic_val_per_class}")
@@ -481,6 +356,8 @@ def _lattice_dots(theta: torch.Tensor, spacing: torch.Tensor, gap: torch.Tensor,
     return canvas.mul_(LATTICE_GAIN).clamp_(0, 1).view(n, 1, size, size)
 
 
+
+
 class SyntheticImages(Dataset):
     """In-memory uint8 images, returned as normalized float tensors."""
 
@@ -495,179 +372,3 @@ class SyntheticImages(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return (self.images[index].float() - self.mean) / self.std, int(self.labels[index])
-
-
-# -- image folders -----------------------------------------------------------------------------------
-
-def image_folder_datasets(root: Path, recipe: Recipe, img_size: int, split: str = FINAL) -> Datasets:
-    """Train and val datasets of an image folder (FINAL), or its training images split into search-train
-    (train transform) and the search split (SEARCH: `val`, eval transform); see the module doc."""
-    from timm.data import create_transform
-
-    train_root, val_dir = _folder_layout(root)
-    split_given = val_dir is not None
-    train_files = _scan_classes(train_root, recipe.strict_data)
-    classes = _select_classes(list(train_files), recipe.data_classes, train_root)
-    if split_given:
-        val_files = _scan_classes(val_dir, recipe.strict_data, allowed=set(train_files))
-        val_files = {c: val_files.get(c, []) for c in classes}
-        train_files = {c: train_files[c] for c in classes}
-    else:
-        train_files, val_files = _split(train_files, classes, recipe.val_split, recipe.split_seed)
-    train_files = _fraction(train_files, recipe.data_fraction, recipe.split_seed)
-    val_files = _fraction(val_files, recipe.data_fraction, recipe.split_seed)
-    if not sum(map(len, val_files.values())):
-        raise _no_validation(val_dir or root)
-
-    class_to_idx = {c: i for i, c in enumerate(classes)}
-    train_tf = create_transform(
-        img_size, is_training=True, auto_augment=recipe.auto_augment, re_prob=recipe.reprob,
-        re_mode=recipe.remode, re_count=recipe.recount, scale=tuple(recipe.scale), ratio=tuple(recipe.ratio),
-        hflip=recipe.hflip, color_jitter=recipe.color_jitter, interpolation=recipe.train_interpolation,
-        mean=tuple(recipe.mean), std=tuple(recipe.std))
-    eval_tf = create_transform(img_size, is_training=False, interpolation=recipe.interpolation,
-                               crop_pct=recipe.crop_pct, mean=tuple(recipe.mean), std=tuple(recipe.std))
-    if split == SEARCH:
-        train_files, held_files = _split(train_files, classes, recipe.search_split, _search_seed(recipe.split_seed),
-                                         minimum=1)
-        held = sum(map(len, held_files.values()))
-        if not held:
-            raise DataError(f"{train_root}: every selected class has a single training image, so the search "
-                            "split (data_split: search) would hold none; add images")
-        train = _timm_dataset(train_root, train_files, class_to_idx, train_tf)
-        search = _timm_dataset(train_root, held_files, class_to_idx, eval_tf)
-        log.info("image folder %s: %d classes, %d train images, of which %d are held out as the search split "
-                 "(search_split %g); val is not used", root, len(classes), len(train) + held, held,
-                 recipe.search_split)
-        return Datasets(train, search, len(classes), classes)
-    train = _timm_dataset(train_root, train_files, class_to_idx, train_tf)
-    val = _timm_dataset(val_dir or root, val_files, class_to_idx, eval_tf)
-    log.info("image folder %s: %d classes, %d train and %d val images", root, len(classes), len(train), len(val))
-    return Datasets(train, val, len(classes), classes)
-
-
-def _folder_layout(root: Path) -> tuple[Path, Path | None]:
-    """The folder of training class folders and the val folder (None: split `root` per class)."""
-    if not root.is_dir():
-        raise DataError(f"data folder {root} does not exist (or is not a folder); give an image folder "
-                        f"or '{SYNTHETIC}'")
-    val_dir = next((root / name for name in ("val", "validation") if (root / name).is_dir()), None)
-    if (root / "train").is_dir() != (val_dir is not None):
-        raise DataError(f"{root} has {'train/ but no val/' if val_dir is None else 'val/ but no train/'}; "
-                        "give both, or one folder of class folders to split")
-    return (root if val_dir is None else root / "train"), val_dir
-
-
-def _no_validation(path: Path) -> DataError:
-    return DataError(f"{path}: no validation images for the selected classes")
-
-
-def _timm_dataset(root: Path, files: dict[str, list[Path]], class_to_idx: dict[str, int], transform) -> Dataset:
-    """timm's folder dataset over exactly the checked `files` (timm's own scan would keep corrupt files)."""
-    from timm.data import create_dataset
-
-    dataset = create_dataset("", root=str(root), split="train", search_split=False,
-                             class_map=class_to_idx, transform=transform)
-    dataset.reader.samples = [(str(p), class_to_idx[c]) for c, paths in files.items() for p in paths]
-    return dataset
-
-
-def _image_ok(path: Path, full: bool) -> bool:
-    try:
-        with Image.open(path) as image:
-            if full:
-                image.load()  # decodes every pixel: catches truncated files too
-        return True
-    except Exception:  # PIL raises many types for bad files; all mean "not a readable image"
-        return False
-
-
-def _class_files(split_root: Path, allowed: set[str] | None = None,
-                 first_only: bool = False) -> dict[str, list[Path]]:
-    """Files with an image extension of every class folder under `split_root` (none is opened), by class
-    in natural order; errors name the path. `first_only`: only the first file found in each class,
-    which is all a check for empty classes needs (one directory listing per class, not all files)."""
-    from timm.data.readers.img_extensions import get_img_extensions
-    from timm.utils.misc import natural_key
-
-    extensions = get_img_extensions(as_set=True)
-    class_dirs = sorted((d for d in split_root.iterdir() if d.is_dir() and not d.name.startswith(".")),
-                        key=lambda d: natural_key(d.name))  # hidden folders (.ipynb_checkpoints) are no classes
-    if not class_dirs:
-        raise DataError(f"{split_root} has no class folders; expected {split_root}/CLASS_NAME/IMAGE files")
-    files: dict[str, list[Path]] = {}
-    for d in class_dirs:
-        if allowed is not None and d.name not in allowed:
-            raise DataError(f"{d}: class {d.name!r} is not among the train classes; labels would not match")
-        found = (Path(r) / f for r, _, fs in os.walk(d, followlinks=True) for f in fs
-                 if os.path.splitext(f)[1].lower() in extensions)  # lazy: first_only stops early
-        files[d.name] = (list(itertools.islice(found, 1)) if first_only
-                         else sorted(found, key=lambda p: natural_key(str(p))))
-        if not files[d.name]:
-            raise DataError(f"class folder {d} holds no image files ({', '.join(sorted(extensions))})")
-    return files
-
-
-def _scan_classes(split_root: Path, strict: bool, allowed: set[str] | None = None) -> dict[str, list[Path]]:
-    """Readable image files of every class folder under `split_root`, sorted; errors name the path."""
-    candidates = _class_files(split_root, allowed)
-    every = [p for paths in candidates.values() for p in paths]
-    with ThreadPoolExecutor(max_workers=16) as pool:  # file opening is I/O-bound
-        ok = dict(zip(every, pool.map(lambda p: _image_ok(p, full=strict), every)))
-    bad = [p for p in every if not ok[p]]
-    if bad and strict:
-        raise DataError(f"{bad[0]} is not a readable image ({len(bad)} such file(s) under {split_root}); "
-                        "remove them, or set strict_data: false to skip them")
-    if bad:
-        log.warning("%s: skipped %d unreadable image file(s), e.g. %s", split_root, len(bad), bad[0])
-    files = {c: [p for p in paths if ok[p]] for c, paths in candidates.items()}
-    for c, paths in files.items():
-        if not paths:
-            raise DataError(f"class folder {split_root / c}: none of its {len(candidates[c])} image files "
-                            "can be read")
-    return files
-
-
-def _select_classes(names: list[str], wanted: int | list[str] | None, root: Path) -> list[str]:
-    """The classes `data_classes` (`wanted`) selects of `root`'s class folders `names`, in their order:
-    at least 2, or a DataError naming the folder or the key."""
-    if len(names) < 2:
-        raise DataError(f"{root} has a single class folder ({names[0]!r}); {_ONE_CLASS}")
-    if wanted is None:
-        return names
-    if isinstance(wanted, int):
-        if wanted == 1:
-            raise DataError(f"data_classes: 1 selects one class of {root}; {_ONE_CLASS}")
-        if not 2 <= wanted <= len(names):
-            raise DataError(f"data_classes={wanted}: {root} has {len(names)} classes; choose 2..{len(names)}")
-        return names[:wanted]
-    unknown = [c for c in wanted if c not in names]
-    if unknown:
-        raise DataError(f"data_classes: {unknown} are not class folders of {root}")
-    if len(set(wanted)) < 2:
-        raise DataError(f"data_classes: {wanted} names {'one class' if wanted else 'no class'} of {root}; "
-                        f"{_ONE_CLASS}")
-    return [c for c in names if c in wanted]
-
-
-def _split(files: dict[str, list[Path]], classes: list[str], share: float, seed: int | list[int],
-           minimum: int = 0) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
-    """Per-class seeded split of file lists into (kept, held out): the val split of one folder (seed
-    `split_seed`), or the search split of the training files (seed `_search_seed(split_seed)`, `minimum`
-    1). A class holds out `_held_count` of its images and keeps at least one training image."""
-    rng = np.random.default_rng(seed)
-    kept, held = {}, {}
-    for c in classes:
-        order = rng.permutation(len(files[c]))
-        n_held = _held_count(len(order), share, minimum)
-        held[c] = sorted(files[c][i] for i in order[:n_held])
-        kept[c] = sorted(files[c][i] for i in order[n_held:])
-    return kept, held
-
-
-def _fraction(files: dict[str, list[Path]], fraction: float, seed: int) -> dict[str, list[Path]]:
-    if fraction >= 1:
-        return files
-    rng = np.random.default_rng(seed + 1)  # not the split's stream: a fraction must not follow the split
-    return {c: sorted(paths[i] for i in rng.permutation(len(paths))[:max(1, math.ceil(fraction * len(paths)))])
-            if paths else [] for c, paths in files.items()}
