@@ -43,6 +43,10 @@ FINAL, SEARCH = "final", "search"
 DATA_SPLITS = (FINAL, SEARCH)
 
 
+# `data_cache` values, and what each means (YAML 1.1 reads a bare on/off as true/false).
+DATA_CACHE_VALUES: dict[str | bool, str] = {"auto": "auto", "on": "on", "off": "off", True: "on", False: "off"}
+
+
 class ConfigError(UserError):
     """A configuration that cannot be used; the message names the key or file."""
 
@@ -100,6 +104,7 @@ class Recipe:
     split_seed: int
     strict_data: bool
     workers: int
+    data_cache: str | bool  # auto | on | off (YAML reads on/off as booleans); rampsearch.data.cache
     synthetic_low_classes: int
     synthetic_high_classes: int
     synthetic_train_per_class: int
@@ -234,13 +239,15 @@ def _checked(r: Recipe) -> Recipe:
         problems.append(f"search_split must be in (0, 1), got {r.search_split}")
     if r.synthetic_texture not in ("grating", "dot-lattice"):
         problems.append(f"synthetic_texture must be grating or dot-lattice, got {r.synthetic_texture!r}")
+    if r.data_cache not in DATA_CACHE_VALUES:
+        problems.append(f"data_cache must be auto, on or off, got {r.data_cache!r}")
     if r.amp not in ("auto", "bf16", "off"):
         problems.append(f"amp must be auto, bf16 or off, got {r.amp!r}")
     if (r.mixup > 0 or r.cutmix > 0) and r.batch_size % 2:
         problems.append("mixup/cutmix need an even batch_size")
     if problems:
         raise ConfigError("; ".join(problems))
-    return r
+    return dataclasses.replace(r, data_cache=DATA_CACHE_VALUES[r.data_cache])
 
 
 def check_epochs(recipe: Recipe, epochs: int) -> None:

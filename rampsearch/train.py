@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from .checkpoint import (RESULT, drop_checkpoint, file_digests, load_checkpoint, load_weights, read_json,
                          save_checkpoint, save_weights, write_json)
 from .config import ConfigError, Recipe, TrainConfig, check_epochs, load_recipe
-from .data import SyntheticImages, build_datasets, check_data, data_identity
+from .data import ImageBatches, TensorImages, build_datasets, check_data, data_identity
 from .errors import UserError
 from .model_spec import ModelSpec, build_model
 from .ramp import RampSchedule
@@ -251,7 +251,8 @@ def _description(spec: ModelSpec) -> dict[str, Any]:
 
 
 def _loaders(data, recipe: Recipe, proc: _Process, seed: int, generator: torch.Generator):
-    """(train loader, its sampler, val loader) for this process's share of the data."""
+    """(train loader, its sampler, val loader) for this process's share of the data: ImageBatches for
+    uint8 sets (synthetic-freq, a cached folder), timm's DataLoader path for the others."""
     from timm.data.distributed_sampler import RepeatAugSampler
 
     if recipe.batch_size % proc.world:
@@ -269,14 +270,17 @@ def _loaders(data, recipe: Recipe, proc: _Process, seed: int, generator: torch.G
     else:
         sampler = DistributedSampler(data.train, num_replicas=proc.world, rank=proc.rank, shuffle=True,
                                      seed=seed)  # shuffles by (seed, epoch): set_epoch in _fit
-    # In-memory tensors gain nothing from worker processes.
-    workers = 0 if isinstance(data.train, SyntheticImages) else recipe.workers
+    shard = range(proc.rank, len(data.val), proc.world)  # no padding: exact metrics
+    eval_batch = recipe.eval_batch_size or per_process
+    if isinstance(data.train, TensorImages):  # in memory or memory-mapped: batched and augmented on the device
+        train = ImageBatches(data.train, per_process, proc.device, (seed, proc.rank), sampler=sampler, drop_last=True)
+        val = ImageBatches(data.val, eval_batch, proc.device, (seed, proc.rank), sampler=shard)
+        return train, sampler, val
     pin = proc.device.type == "cuda"
-    train = DataLoader(data.train, batch_size=per_process, sampler=sampler, num_workers=workers, drop_last=True,
+    train = DataLoader(data.train, batch_size=per_process, sampler=sampler, num_workers=recipe.workers, drop_last=True,
                        pin_memory=pin, generator=generator, persistent_workers=False)
-    shard = Subset(data.val, range(proc.rank, len(data.val), proc.world))  # no padding: exact metrics
-    val = DataLoader(shard, batch_size=recipe.eval_batch_size or per_process, shuffle=False,
-                     num_workers=workers, pin_memory=pin)
+    val = DataLoader(Subset(data.val, shard), batch_size=eval_batch, shuffle=False, num_workers=recipe.workers,
+                     pin_memory=pin)
     return train, sampler, val
 
 
@@ -449,7 +453,7 @@ def _fit(cfg: TrainConfig, proc: _Process, on_epoch: OnEpoch | None) -> TrainRes
             return finished
     resumed = load_checkpoint(out) if out and cfg.resume else None
 
-    data = build_datasets(cfg.data, recipe, spec.img_size, split=cfg.data_split)
+    data = build_datasets(cfg.data, recipe, spec.img_size, split=cfg.data_split, device=str(proc.device))
     generator = torch.Generator()
     train_loader, sampler, val_loader = _loaders(data, recipe, proc, seed, generator)
     steps = len(train_loader)
@@ -479,6 +483,8 @@ def _fit(cfg: TrainConfig, proc: _Process, on_epoch: OnEpoch | None) -> TrainRes
     for epoch in range(start_epoch, epochs):
         _reseed(seed, 1, epoch, proc.rank)
         sampler.set_epoch(epoch)
+        if isinstance(train_loader, ImageBatches):
+            train_loader.set_epoch(epoch)  # its augmentation draws
         generator.manual_seed(torch.initial_seed())  # this epoch's DataLoader worker seeds
         bar.set_description(f"epoch {epoch + 1}/{epochs}")
         started = time.perf_counter()

@@ -15,6 +15,14 @@ REFERENCE_DIR = Path(os.environ.get("RAMPSEARCH_REFERENCE_DIR",
                                     Path(__file__).resolve().parents[2] / "shared" / "reference"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _proxy_cache_dir(tmp_path_factory):
+    """Decoded proxy caches of test folders go to a temporary folder, never into the user's ~/.cache
+    (subprocesses inherit it)."""
+    os.environ["RAMPSEARCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("proxy-cache"))
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

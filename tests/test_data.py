@@ -22,6 +22,15 @@ def recipe(**overrides):
     return load_recipe("proxy", overrides)
 
 
+def samples(dataset) -> list[tuple[str, int]]:
+    """(file, label) pairs of an image-folder set: timm's (the PIL path) or the decoded cache's."""
+    return dataset.reader.samples if hasattr(dataset, "reader") else dataset.samples
+
+
+# image-folder behaviour that both loading paths must share: timm's PIL path and the decoded proxy cache
+both_paths = pytest.mark.parametrize("cache", ["off", "on"])
+
+
 # -- synthetic-freq -----------------------------------------------------------------------------------
 
 # SHA-256 over (images as uint8 bytes, then labels as little-endian int64) of 12 images, seed 3, made
@@ -155,40 +164,44 @@ def _tree(root: Path, classes=("cat", "dog", "emu"), per_class=4) -> Path:
     return root
 
 
-def test_image_folder_labels_follow_train_class_folders(tmp_path):
+@both_paths
+def test_image_folder_labels_follow_train_class_folders(tmp_path, cache):
     root = _tree(tmp_path)
     (root / "train" / "dog" / "notes.txt").write_text("not an image")  # ignored: no image extension
-    data = build_datasets(str(root), recipe(), 16)
+    data = build_datasets(str(root), recipe(data_cache=cache), 16)
     assert data.classes == ["cat", "dog", "emu"] and data.num_classes == 3
     assert (len(data.train), len(data.val)) == (12, 12)
-    for path, label in data.val.reader.samples:
+    for path, label in samples(data.val):
         assert data.classes[label] == Path(path).parent.name
     image, label = data.val[5]
     assert image.shape == (3, 16, 16) and label == 1
 
 
-def test_corrupt_file_is_skipped_and_counted(tmp_path, caplog):
+@both_paths
+def test_corrupt_file_is_skipped_and_counted(tmp_path, caplog, cache):
     root = _tree(tmp_path)
     (root / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG this is not really a png")
     with caplog.at_level(logging.WARNING, logger="rampsearch.data"):
-        data = build_datasets(str(root), recipe(), 16)
+        data = build_datasets(str(root), recipe(data_cache=cache), 16)
     assert len(data.train) == 12
     assert "skipped 1 unreadable image file(s)" in caplog.text and "broken.png" in caplog.text
 
 
-def test_corrupt_file_is_an_error_when_strict(tmp_path):
+@both_paths
+def test_corrupt_file_is_an_error_when_strict(tmp_path, cache):
     root = _tree(tmp_path)
     (root / "train" / "dog" / "broken.png").write_bytes(b"garbage")
     with pytest.raises(DataError, match="broken.png"):
-        build_datasets(str(root), recipe(strict_data=True), 16)
+        build_datasets(str(root), recipe(strict_data=True, data_cache=cache), 16)
 
 
-def test_truncated_png_is_caught_by_strict_decoding(tmp_path):
+@both_paths
+def test_truncated_png_is_caught_by_strict_decoding(tmp_path, cache):
     root = _tree(tmp_path)
     good = (root / "train" / "cat" / "0.png").read_bytes()
     (root / "train" / "cat" / "cut.png").write_bytes(good[: len(good) // 2])  # header intact, pixels missing
     with pytest.raises(DataError, match="cut.png"):
-        build_datasets(str(root), recipe(strict_data=True), 16)
+        build_datasets(str(root), recipe(strict_data=True, data_cache=cache), 16)
 
 
 def test_empty_class_folder_is_an_error_naming_it(tmp_path):
@@ -254,28 +267,30 @@ def test_check_data_passes_a_good_folder_without_opening_images(tmp_path, monkey
     assert time.perf_counter() - start < 2
 
 
-def test_one_folder_is_split_per_class_with_a_seed(tmp_path):
+@both_paths
+def test_one_folder_is_split_per_class_with_a_seed(tmp_path, cache):
     for c in ("a", "b"):
         for i in range(10):
             _png(tmp_path / c / f"{i}.png", i)
-    data = build_datasets(str(tmp_path), recipe(val_split=0.3), 16)
+    data = build_datasets(str(tmp_path), recipe(val_split=0.3, data_cache=cache), 16)
     assert (len(data.train), len(data.val)) == (14, 6)
-    train = {p for p, _ in data.train.reader.samples}
-    assert not train & {p for p, _ in data.val.reader.samples}
-    again = build_datasets(str(tmp_path), recipe(val_split=0.3), 16)
-    assert again.val.reader.samples == data.val.reader.samples
-    other = build_datasets(str(tmp_path), recipe(val_split=0.3, split_seed=1), 16)
-    assert other.val.reader.samples != data.val.reader.samples
+    train = {p for p, _ in samples(data.train)}
+    assert not train & {p for p, _ in samples(data.val)}
+    again = build_datasets(str(tmp_path), recipe(val_split=0.3, data_cache=cache), 16)
+    assert samples(again.val) == samples(data.val)
+    other = build_datasets(str(tmp_path), recipe(val_split=0.3, split_seed=1, data_cache=cache), 16)
+    assert samples(other.val) != samples(data.val)
 
 
-def test_proxy_controls_subset_classes_and_fraction(tmp_path):
+@both_paths
+def test_proxy_controls_subset_classes_and_fraction(tmp_path, cache):
     root = _tree(tmp_path, classes=("a", "b", "c", "d"), per_class=10)
-    data = build_datasets(str(root), recipe(data_classes=2, data_fraction=0.3), 16)
+    data = build_datasets(str(root), recipe(data_classes=2, data_fraction=0.3, data_cache=cache), 16)
     assert data.classes == ["a", "b"] and (len(data.train), len(data.val)) == (6, 6)
-    named = build_datasets(str(root), recipe(data_classes=["d", "b"]), 16)
+    named = build_datasets(str(root), recipe(data_classes=["d", "b"], data_cache=cache), 16)
     assert named.classes == ["b", "d"]
-    assert {label for _, label in named.train.reader.samples} == {0, 1}
+    assert {label for _, label in samples(named.train)} == {0, 1}
     with pytest.raises(DataError, match="'zebra'"):
-        build_datasets(str(root), recipe(data_classes=["zebra"]), 16)
+        build_datasets(str(root), recipe(data_classes=["zebra"], data_cache=cache), 16)
     with pytest.raises(DataError, match="data_classes=5: .* has 4 classes; choose 2..4"):
-        check_data(str(root), recipe(data_classes=5), 16)
+        check_data(str(root), recipe(data_classes=5, data_cache=cache), 16)

@@ -12,7 +12,7 @@ from PIL import Image
 
 import rampsearch.train as train_module
 from rampsearch.config import ConfigError, TrainConfig, load_recipe
-from rampsearch.data import (FINAL, SEARCH, SEARCH_SPLIT_STREAM, DataError, SyntheticImages, build_datasets,
+from rampsearch.data import (FINAL, SEARCH, SEARCH_SPLIT_STREAM, DataError, TensorImages, build_datasets,
                              check_data, search_split_indices)
 from rampsearch.search.space import load_space
 from rampsearch.search.trial import candidate_spec, train_config
@@ -37,7 +37,7 @@ def test_synthetic_search_split_partitions_the_train_set_and_avoids_val():
     r = recipe(**SMALL, search_split=0.35)
     final, search = build_datasets("synthetic-freq", r, 32), build_datasets("synthetic-freq", r, 32, SEARCH)
     for part in (search.train, search.val):  # in memory: train.py's loaders use no worker processes
-        assert isinstance(part, SyntheticImages)
+        assert isinstance(part, TensorImages)
     assert (search.num_classes, search.classes) == (final.num_classes, final.classes)
     held, kept, val = digests(search.val.images), digests(search.train.images), digests(final.val.images)
     assert len(set(held)) == len(held) and not set(held) & set(kept) and not set(held) & set(val)
@@ -109,14 +109,20 @@ def _one_folder(root: Path, classes=("cat", "dog"), per_class=10) -> Path:
     return root
 
 
+def _samples(dataset) -> list[tuple[str, int]]:
+    """(file, label) pairs of an image-folder set: timm's (the PIL path) or the decoded cache's."""
+    return dataset.reader.samples if hasattr(dataset, "reader") else dataset.samples
+
+
 def _files(dataset) -> set[str]:
-    return {path for path, _ in dataset.reader.samples}
+    return {path for path, _ in _samples(dataset)}
 
 
+@pytest.mark.parametrize("cache", ["off", "on"])
 @pytest.mark.parametrize("layout", [_two_folders, _one_folder])
-def test_image_folder_search_split_is_held_out_of_train_and_disjoint_from_val(tmp_path, layout, caplog):
+def test_image_folder_search_split_is_held_out_of_train_and_disjoint_from_val(tmp_path, layout, caplog, cache):
     root = layout(tmp_path / "data")
-    r = recipe(search_split=0.3, val_split=0.2)
+    r = recipe(search_split=0.3, val_split=0.2, data_cache=cache)
     final = build_datasets(str(root), r, 16)
     with caplog.at_level("INFO", logger="rampsearch.data"):
         search = build_datasets(str(root), r, 16, SEARCH)
@@ -126,7 +132,7 @@ def test_image_folder_search_split_is_held_out_of_train_and_disjoint_from_val(tm
     per_class = {c: sum(Path(p).parent.name == c for p in held) for c in final.classes}
     n_train = {c: sum(Path(p).parent.name == c for p in train) for c in final.classes}
     assert per_class == {c: max(1, round(0.3 * n)) for c, n in n_train.items()}
-    for path, label in search.val.reader.samples:  # the same class mapping as the final run's
+    for path, label in _samples(search.val):  # the same class mapping as the final run's
         assert final.classes[label] == Path(path).parent.name
     assert f"of which {len(held)} are held out as the search split" in caplog.text
     # the held-out images get the eval transform (no augmentation), the rest the training transform

@@ -22,10 +22,11 @@ from ..config import DATA_SPLITS, FINAL, SEARCH, Recipe, check_data_split
 from .base import SYNTHETIC, DataError, Datasets
 from .folders import check_image_folder, image_folder_datasets
 from .splits import SEARCH_SPLIT_STREAM, search_split_indices
-from .synthetic import SyntheticImages, check_synthetic, synthetic_datasets, synthetic_freq
+from .synthetic import check_synthetic, synthetic_datasets, synthetic_freq
+from .tensors import ImageBatches, TensorImages
 
 __all__ = ["DATA_SPLITS", "FINAL", "SEARCH", "SEARCH_SPLIT_STREAM", "SYNTHETIC", "DataError", "Datasets",
-           "SyntheticImages", "build_datasets", "check_data", "data_identity", "image_folder_datasets",
+           "ImageBatches", "TensorImages", "build_datasets", "check_data", "data_identity", "image_folder_datasets",
            "search_split_indices", "synthetic_datasets", "synthetic_freq"]
 
 
@@ -34,15 +35,16 @@ def data_identity(source: str) -> str:
     return source if source == SYNTHETIC else str(Path(source).resolve())
 
 
-def build_datasets(source: str, recipe: Recipe, img_size: int, split: str = FINAL) -> Datasets:
+def build_datasets(source: str, recipe: Recipe, img_size: int, split: str = FINAL, device: str = "cpu") -> Datasets:
     """Train and val datasets for `source`: 'synthetic-freq' or an image-folder path.
 
     `split` FINAL: the training data and val. SEARCH: the training data minus its search split, and
-    the search split as `val` (see the module doc).
+    the search split as `val` (see the module doc). `device`: where synthetic-freq is generated and kept
+    (a cached folder stays in its memory map; training moves its batches to the device).
     """
     check_data_split(split)
     if source == SYNTHETIC:
-        return synthetic_datasets(recipe, img_size, split)
+        return synthetic_datasets(recipe, img_size, split, device)
     return image_folder_datasets(Path(source), recipe, img_size, split)
 
 

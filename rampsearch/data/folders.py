@@ -16,12 +16,16 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from ..config import FINAL, SEARCH, Recipe
+from .augment import CenterCrop, Normalize, TrainAugment
 from .base import ONE_CLASS, SYNTHETIC, DataError, Datasets
+from .cache import DecodedFolder, cache_wanted, decoded_folder, label_array, rows_of
 from .splits import fraction, search_seed, split_files
+from .tensors import TensorImages
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +41,17 @@ def check_image_folder(root: Path, recipe: Recipe) -> None:
 
 def image_folder_datasets(root: Path, recipe: Recipe, img_size: int, split: str = FINAL) -> Datasets:
     """Train and val datasets of an image folder (FINAL), or its training images split into search-train
-    (train transform) and the search split (SEARCH: `val`, eval transform); see the module doc."""
-    from timm.data import create_transform
-
+    (train transform) and the search split (SEARCH: `val`, eval transform); see the module doc. Through
+    the decoded proxy cache when `cache_wanted` (rampsearch.data.cache): then the sets are TensorImages,
+    whose batches training augments on its device."""
+    cached = cache_wanted(recipe, img_size)
     train_root, val_dir = _folder_layout(root)
     split_given = val_dir is not None
-    train_files = _scan_classes(train_root, recipe.strict_data)
+    train_files, train_cache = _scan_classes(train_root, recipe, cached, img_size)
     classes = _select_classes(list(train_files), recipe.data_classes, train_root)
+    val_cache = train_cache
     if split_given:
-        val_files = _scan_classes(val_dir, recipe.strict_data, allowed=set(train_files))
+        val_files, val_cache = _scan_classes(val_dir, recipe, cached, img_size, allowed=set(train_files))
         val_files = {c: val_files.get(c, []) for c in classes}
         train_files = {c: train_files[c] for c in classes}
     else:
@@ -56,6 +62,41 @@ def image_folder_datasets(root: Path, recipe: Recipe, img_size: int, split: str 
         raise _no_validation(val_dir or root)
 
     class_to_idx = {c: i for i, c in enumerate(classes)}
+    if cached:
+        normalize = Normalize(recipe.mean, recipe.std)
+        train_tf = TrainAugment(img_size, recipe.scale, recipe.ratio, recipe.hflip, recipe.color_jitter,
+                                recipe.train_interpolation, normalize, recipe.reprob, recipe.remode, recipe.recount)
+        eval_tf = CenterCrop(img_size, normalize)
+    else:
+        train_tf, eval_tf = _timm_transforms(recipe, img_size)
+
+    def make(folder: Path, files: dict[str, list[Path]], transform, cache: DecodedFolder | None) -> Dataset:
+        return (_cached_images(files, class_to_idx, transform, cache) if cache
+                else _timm_dataset(folder, files, class_to_idx, transform))
+    if split == SEARCH:
+        train_files, held_files = split_files(train_files, classes, recipe.search_split,
+                                              search_seed(recipe.split_seed), minimum=1)
+        held = sum(map(len, held_files.values()))
+        if not held:
+            raise DataError(f"{train_root}: every selected class has a single training image, so the search "
+                            "split (data_split: search) would hold none; add images")
+        train = make(train_root, train_files, train_tf, train_cache)
+        search = make(train_root, held_files, eval_tf, train_cache)
+        log.info("image folder %s: %d classes, %d train images, of which %d are held out as the search split "
+                 "(search_split %g); val is not used%s", root, len(classes), len(train) + held, held,
+                 recipe.search_split, _cache_words(train_cache))
+        return Datasets(train, search, len(classes), classes)
+    train = make(train_root, train_files, train_tf, train_cache)
+    val = make(val_dir or root, val_files, eval_tf, val_cache)
+    log.info("image folder %s: %d classes, %d train and %d val images%s", root, len(classes), len(train), len(val),
+             _cache_words(train_cache))
+    return Datasets(train, val, len(classes), classes)
+
+
+def _timm_transforms(recipe: Recipe, img_size: int):
+    """timm's (train, eval) transforms of the recipe: the PIL path."""
+    from timm.data import create_transform
+
     train_tf = create_transform(
         img_size, is_training=True, auto_augment=recipe.auto_augment, re_prob=recipe.reprob,
         re_mode=recipe.remode, re_count=recipe.recount, scale=tuple(recipe.scale), ratio=tuple(recipe.ratio),
@@ -63,23 +104,18 @@ def image_folder_datasets(root: Path, recipe: Recipe, img_size: int, split: str 
         mean=tuple(recipe.mean), std=tuple(recipe.std))
     eval_tf = create_transform(img_size, is_training=False, interpolation=recipe.interpolation,
                                crop_pct=recipe.crop_pct, mean=tuple(recipe.mean), std=tuple(recipe.std))
-    if split == SEARCH:
-        train_files, held_files = split_files(train_files, classes, recipe.search_split, search_seed(recipe.split_seed),
-                                         minimum=1)
-        held = sum(map(len, held_files.values()))
-        if not held:
-            raise DataError(f"{train_root}: every selected class has a single training image, so the search "
-                            "split (data_split: search) would hold none; add images")
-        train = _timm_dataset(train_root, train_files, class_to_idx, train_tf)
-        search = _timm_dataset(train_root, held_files, class_to_idx, eval_tf)
-        log.info("image folder %s: %d classes, %d train images, of which %d are held out as the search split "
-                 "(search_split %g); val is not used", root, len(classes), len(train) + held, held,
-                 recipe.search_split)
-        return Datasets(train, search, len(classes), classes)
-    train = _timm_dataset(train_root, train_files, class_to_idx, train_tf)
-    val = _timm_dataset(val_dir or root, val_files, class_to_idx, eval_tf)
-    log.info("image folder %s: %d classes, %d train and %d val images", root, len(classes), len(train), len(val))
-    return Datasets(train, val, len(classes), classes)
+    return train_tf, eval_tf
+
+
+def _cache_words(cache: DecodedFolder | None) -> str:
+    return f" (decoded proxy cache {cache.folder})" if cache else ""
+
+
+def _cached_images(files: dict[str, list[Path]], class_to_idx: dict[str, int], transform,
+                   cache: DecodedFolder) -> TensorImages:
+    """The cached rows of exactly `files`, labelled by `class_to_idx`, transformed batch-wise by `transform`."""
+    return TensorImages(cache.images, torch.from_numpy(label_array(files, class_to_idx)), transform,
+                        rows=rows_of(cache, files), sources=[path for paths in files.values() for path in paths])
 
 
 def _folder_layout(root: Path) -> tuple[Path, Path | None]:
@@ -144,14 +180,22 @@ def _class_files(split_root: Path, allowed: set[str] | None = None,
     return files
 
 
-def _scan_classes(split_root: Path, strict: bool, allowed: set[str] | None = None) -> dict[str, list[Path]]:
-    """Readable image files of every class folder under `split_root`, sorted; errors name the path."""
+def _scan_classes(split_root: Path, recipe: Recipe, cached: bool, img_size: int,
+                  allowed: set[str] | None = None) -> tuple[dict[str, list[Path]], DecodedFolder | None]:
+    """Readable image files of every class folder under `split_root`, sorted, and the decoded cache of them
+    when `cached` (which decodes every file; else PIL opens each, and decodes it under `strict_data`);
+    errors name the path."""
     candidates = _class_files(split_root, allowed)
     every = [p for paths in candidates.values() for p in paths]
-    with ThreadPoolExecutor(max_workers=16) as pool:  # file opening is I/O-bound
-        ok = dict(zip(every, pool.map(lambda p: _image_ok(p, full=strict), every)))
+    cache = None
+    if cached:
+        cache = decoded_folder(split_root, candidates, img_size, recipe.crop_pct, recipe.interpolation)
+        ok = {p: cache.readable(p) for p in every}
+    else:
+        with ThreadPoolExecutor(max_workers=16) as pool:  # file opening is I/O-bound
+            ok = dict(zip(every, pool.map(lambda p: _image_ok(p, full=recipe.strict_data), every)))
     bad = [p for p in every if not ok[p]]
-    if bad and strict:
+    if bad and recipe.strict_data:
         raise DataError(f"{bad[0]} is not a readable image ({len(bad)} such file(s) under {split_root}); "
                         "remove them, or set strict_data: false to skip them")
     if bad:
@@ -161,7 +205,7 @@ def _scan_classes(split_root: Path, strict: bool, allowed: set[str] | None = Non
         if not paths:
             raise DataError(f"class folder {split_root / c}: none of its {len(candidates[c])} image files "
                             "can be read")
-    return files
+    return files, cache
 
 
 def _select_classes(names: list[str], wanted: int | list[str] | None, root: Path) -> list[str]:

@@ -57,7 +57,6 @@ def _held_count(n: int, share: float, minimum: int = 0) -> int:
     return max(0, min(max(minimum, round(share * n)), n - 1))
 
 
-
 def split_files(files: dict[str, list[Path]], classes: list[str], share: float, seed: int | list[int],
            minimum: int = 0) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
     """Per-class seeded split of file lists into (kept, held out): the val split of one folder (seed

@@ -36,18 +36,19 @@ and label smoothing still apply.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
-import logging
 from functools import lru_cache, partial
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from ..config import FINAL, SEARCH, Recipe
+from .augment import Normalize
 from .base import ONE_CLASS, DataError, Datasets
 from .splits import search_split_indices
+from .tensors import TensorImages
 
 log = logging.getLogger(__name__)
 
@@ -143,29 +144,28 @@ _RENDER_CHUNK = 512
 _RENDER_TEMPORARIES = 3
 
 
-def synthetic_datasets(recipe: Recipe, img_size: int, split: str = FINAL) -> Datasets:
+def synthetic_datasets(recipe: Recipe, img_size: int, split: str = FINAL, device: str = "cpu") -> Datasets:
     """The generated train and val sets (FINAL), or the train set split into search-train and search split
-    (SEARCH: the val set is not made)."""
+    (SEARCH: the val set is not made); generated on `device` and kept there."""
     check_synthetic(recipe, img_size, split)
     low, high = recipe.synthetic_low_classes, recipe.synthetic_high_classes
     classes = [f"layout{i}_orientation{j}" for i in range(low) for j in range(high)]
 
     def made(part: str, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
         return synthetic_freq(low, high, per_class * len(classes), img_size, recipe.synthetic_seed, part,
-                              recipe.synthetic_texture)
+                              recipe.synthetic_texture, str(device))
 
+    normalize = Normalize(recipe.mean, recipe.std)  # no image transform: see the module doc
     images, labels = made("train", recipe.synthetic_train_per_class)
     if split == SEARCH:
-        kept, held = (torch.from_numpy(i) for i in
-                      search_split_indices(labels.numpy(), recipe.search_split, recipe.split_seed))
+        kept, held = (torch.from_numpy(i).to(labels.device) for i in
+                      search_split_indices(labels.cpu().numpy(), recipe.search_split, recipe.split_seed))
         log.info("synthetic-freq: %d of %d training images held out as the search split (search_split %g); "
                  "val is not used", len(held), len(labels), recipe.search_split)
-        return Datasets(SyntheticImages(images[kept], labels[kept], recipe.mean, recipe.std),
-                        SyntheticImages(images[held], labels[held], recipe.mean, recipe.std), len(classes), classes)
+        return Datasets(TensorImages(images[kept], labels[kept], normalize),
+                        TensorImages(images[held], labels[held], normalize), len(classes), classes)
     val = made("val", recipe.synthetic_val_per_class)
-    return Datasets(SyntheticImages(images, labels, recipe.mean, recipe.std),
-                    SyntheticImages(*val, recipe.mean, recipe.std), len(classes), classes)
-
+    return Datasets(TensorImages(images, labels, normalize), TensorImages(*val, normalize), len(classes), classes)
 
 
 def check_synthetic(recipe: Recipe, img_size: int, split: str = FINAL) -> None:
@@ -218,8 +218,10 @@ def _physical_memory() -> int | None:
 
 @lru_cache(maxsize=4)  # trials in one process share the set
 def synthetic_freq(low_classes: int, high_classes: int, count: int, img_size: int, seed: int,
-                   split: str, texture: str = "grating") -> tuple[torch.Tensor, torch.Tensor]:
-    """`count` images (uint8, N x 3 x img_size x img_size) and labels of one split; see the module doc."""
+                   split: str, texture: str = "grating", device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` images (uint8, N x 3 x img_size x img_size) and labels of one split, on `device`; see the
+    module doc. The draws are made on the CPU; a GPU renders the images from them (its rounding may move a
+    few pixel values by one from the CPU's, whose sets tests/test_data.py pins)."""
     split_id = {"train": 0, "val": 1}[split]
     labels = np.arange(count) % (low_classes * high_classes)
     lattice = texture == "dot-lattice"
@@ -231,12 +233,12 @@ def synthetic_freq(low_classes: int, high_classes: int, count: int, img_size: in
         draws[i, :_Draw.COMMON] = rng.random(_Draw.COMMON, dtype=np.float32)
         noise[i] = rng.standard_normal((3, img_size, img_size), dtype=np.float32)
         draws[i, _Draw.COMMON:] = rng.random(extra, dtype=np.float32)
-    images = torch.empty((count, 3, img_size, img_size), dtype=torch.uint8)
+    images = torch.empty((count, 3, img_size, img_size), dtype=torch.uint8, device=device)
     for start in range(0, count, _RENDER_CHUNK):
         part = slice(start, start + _RENDER_CHUNK)
-        images[part] = _render(torch.from_numpy(draws[part]), torch.from_numpy(labels[part]),
-                               torch.from_numpy(noise[part]), high_classes, img_size, lattice)
-    return images, torch.from_numpy(labels)
+        images[part] = _render(torch.from_numpy(draws[part]).to(device), torch.from_numpy(labels[part]).to(device),
+                               torch.from_numpy(noise[part]).to(device), high_classes, img_size, lattice)
+    return images, torch.from_numpy(labels).to(device)
 
 
 def _render(u: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, high_classes: int,
@@ -246,7 +248,7 @@ def _render(u: torch.Tensor, labels: torch.Tensor, noise: torch.Tensor, high_cla
     n = len(u)
     draw = partial(_uniform, u)
     layout, orientation = labels // high_classes, labels % high_classes
-    axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size - 0.5  # pixel centres, -0.5..0.5
+    axis = (torch.arange(size, dtype=torch.float32, device=u.device) + 0.5) / size - 0.5  # pixel centres, -0.5..0.5
     y, x = axis.view(1, 1, size, 1), axis.view(1, 1, 1, size)
 
     direction = draw(_Draw.GRADIENT_DIRECTION) * 2 * math.pi
@@ -291,15 +293,15 @@ def _layout_mask(u: torch.Tensor, layout: torch.Tensor, x: torch.Tensor, y: torc
     """N x 1 x H x W soft mask of each image's blobs: its layout class's template, spread, rotated, shifted."""
     n = len(u)
     slots = max(len(t) for t in LAYOUTS)  # blob slots; a layout with fewer blobs leaves some empty
-    template = torch.zeros(len(LAYOUTS), slots, 2)
-    present = torch.zeros(len(LAYOUTS), slots)
+    template = torch.zeros(len(LAYOUTS), slots, 2, device=u.device)
+    present = torch.zeros(len(LAYOUTS), slots, device=u.device)
     for k, points in enumerate(LAYOUTS):
         template[k, :len(points)] = torch.tensor(points)
         present[k, :len(points)] = 1
     angle = (_uniform(u, _Draw.ROTATION) - 0.5) * math.radians(ROTATION_DEG)
     spread, radius = _uniform(u, _Draw.SPREAD, SPREAD), _uniform(u, _Draw.RADIUS, RADIUS)
     cx, cy = (_uniform(u, _Draw.SHIFT_X) - 0.5) * SHIFT, (_uniform(u, _Draw.SHIFT_Y) - 0.5) * SHIFT
-    mask = torch.zeros(n, 1, size, size)
+    mask = torch.zeros(n, 1, size, size, device=u.device)
     for slot in range(slots):
         ox, oy = template[layout, slot, 0].view(n, 1, 1, 1), template[layout, slot, 1].view(n, 1, 1, 1)
         bx = cx + (ox * angle.cos() - oy * angle.sin()) * spread
@@ -337,14 +339,15 @@ def _lattice_dots(theta: torch.Tensor, spacing: torch.Tensor, gap: torch.Tensor,
     """
     n = len(theta)
     along, across = _lattice_extent(size)
-    i, j = torch.meshgrid(torch.arange(-along, along + 1.0), torch.arange(-across, across + 1.0), indexing="ij")
+    i, j = torch.meshgrid(torch.arange(-along, along + 1.0, device=u.device),
+                          torch.arange(-across, across + 1.0, device=u.device), indexing="ij")
     per_dot = u[:, _Draw.DOTS:].view(n, -1, _Draw.PER_DOT)
     a = (i.reshape(1, -1) + u[:, _Draw.LATTICE_ORIGIN_ALONG, None] - 0.5) * spacing
     b = (j.reshape(1, -1) + u[:, _Draw.LATTICE_ORIGIN_ACROSS, None] - 0.5) * gap
     xs = size / 2 + a * theta.cos() - b * theta.sin() + (per_dot[..., _Draw.DOT_JITTER_X] - 0.5) * LATTICE_JITTER_PX
     ys = size / 2 + a * theta.sin() + b * theta.cos() + (per_dot[..., _Draw.DOT_JITTER_Y] - 0.5) * LATTICE_JITTER_PX
     weight = (per_dot[..., _Draw.DOT_DROP] >= LATTICE_DROP).float()
-    canvas = torch.zeros(n, size * size)
+    canvas = torch.zeros(n, size * size, device=u.device)
     x0, y0 = xs.floor(), ys.floor()
     for dx in (0, 1):  # bilinear splat: sub-pixel positions, so the lattice's angle is not snapped to the grid
         for dy in (0, 1):
@@ -354,21 +357,3 @@ def _lattice_dots(theta: torch.Tensor, spacing: torch.Tensor, gap: torch.Tensor,
             index = (yi.clamp(0, size - 1) * size + xi.clamp(0, size - 1)).long()
             canvas.scatter_add_(1, index, share * inside)
     return canvas.mul_(LATTICE_GAIN).clamp_(0, 1).view(n, 1, size, size)
-
-
-
-
-class SyntheticImages(Dataset):
-    """In-memory uint8 images, returned as normalized float tensors."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float],
-                 std: Sequence[float]) -> None:
-        self.images, self.labels = images, labels
-        self.mean = torch.tensor(mean).view(3, 1, 1) * 255
-        self.std = torch.tensor(std).view(3, 1, 1) * 255
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return (self.images[index].float() - self.mean) / self.std, int(self.labels[index])
