@@ -6,10 +6,15 @@ usual training convention; the peak is the median of large square matmuls in the
 
     .venv/bin/python benchmarks/train_step.py                    # all cases
     .venv/bin/python benchmarks/train_step.py --cases nano --json
+    python benchmarks/train_step.py --device cuda --batches 64 128 256 --precisions bf16   # a GPU
+
+On a GPU the model is channels_last, AdamW is fused, attention goes through PyTorch's fused
+scaled_dot_product_attention (the model's own), and every timed step ends with a synchronize.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import statistics
@@ -29,37 +34,67 @@ CASES = {  # name: (variant, img_size, batch)
 }
 
 
-def matmul_peak(dtype: torch.dtype, n: int = 4096, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_peak(dtype: torch.dtype, device: str = "cpu", repeats: int = 5) -> float:
+    n = 8192 if device.startswith("cuda") else 4096  # a GPU needs a larger product to reach its peak
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
     times = []
     for _ in range(repeats):
+        _sync(device)
         t = time.perf_counter()
         a @ b
+        _sync(device)
         times.append(time.perf_counter() - t)
     return 2 * n ** 3 / statistics.median(times)
 
 
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def step_throughput(variant: str, img_size: int, batch: int, bf16: bool, compile_: bool,
-                    steps: int, warmup: int) -> float:
+                    steps: int, warmup: int, device: str = "cpu") -> float:
     torch.manual_seed(0)
-    model = build_iformer(variant, img_size=img_size, num_classes=100)
+    gpu = device.startswith("cuda")
+    model = build_iformer(variant, img_size=img_size, num_classes=100).to(device)
+    if gpu:
+        model = model.to(memory_format=torch.channels_last)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=gpu)
     step_model = torch.compile(model) if compile_ else model
-    x, y = torch.randn(batch, 3, img_size, img_size), torch.randint(0, 100, (batch,))
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    x = torch.randn(batch, 3, img_size, img_size, device=device)
+    if gpu:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 100, (batch,), device=device)
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if bf16 else nullcontext()
     times = []
     for i in range(warmup + steps):
+        _sync(device)
         t = time.perf_counter()
         with autocast:
             loss = torch.nn.functional.cross_entropy(step_model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t)
     return batch / statistics.median(times)
+
+
+def profile(variant: str, img_size: int, batch: int, bf16: bool, device: str) -> None:
+    """torch.profiler over 3 eager steps (after 2 unprofiled ones): the 20 operators with the most self time,
+    on stderr: what limits the step (matmuls, depthwise convolutions, attention, copies, the host)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    step_throughput(variant, img_size, batch, bf16, False, 1, 1, device)
+    with torch_profile(activities=activities) as prof:
+        step_throughput(variant, img_size, batch, bf16, False, 3, 0, device)
+    sort = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=20), file=sys.stderr, flush=True)
 
 
 def main() -> None:
@@ -68,33 +103,48 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per setting (median reported)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile settings")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--batches", type=int, nargs="+", help="batch sizes (default: each case's own)")
+    parser.add_argument("--img-size", type=int, help="input size (default: each case's own)")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--profile", action="store_true",
+                        help="after timing, profile 3 steps of the first setting and print the top operators")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
+    peaks = {p: matmul_peak(torch.float32 if p == "fp32" else torch.bfloat16, args.device) for p in args.precisions}
     rows = []
     for name in args.cases:
-        variant, img, batch = CASES[name]
+        variant, img, default_batch = CASES[name]
+        img = args.img_size or img
         train_flops = 6 * estimate_flops(variant, img_size=img, num_classes=100)
-        for compile_ in ([False] if args.no_compile else [False, True]):
-            for precision in ("fp32", "bf16"):
-                t0 = time.perf_counter()
-                ips = step_throughput(variant, img, batch, precision == "bf16", compile_, args.steps, args.warmup)
-                achieved = ips * train_flops
-                rows.append({"model": variant, "img_size": img, "batch": batch, "precision": precision,
-                             "mode": "compile" if compile_ else "eager", "img_per_s": round(ips, 2),
-                             "gflop_per_s": round(achieved / 1e9, 1),
-                             "fraction_of_peak": round(achieved / peaks[precision], 3),
-                             "wall_s": round(time.perf_counter() - t0, 1)})
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    result = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+        for batch, compile_, precision in itertools.product(args.batches or [default_batch],
+                                                             [False] if args.no_compile else [False, True],
+                                                             args.precisions):
+            t0 = time.perf_counter()
+            ips = step_throughput(variant, img, batch, precision == "bf16", compile_, args.steps, args.warmup,
+                                  args.device)
+            achieved = ips * train_flops
+            rows.append({"model": variant, "img_size": img, "batch": batch, "precision": precision,
+                         "mode": "compile" if compile_ else "eager", "img_per_s": round(ips, 2),
+                         "gflop_per_s": round(achieved / 1e9, 1),
+                         "fraction_of_peak": round(achieved / peaks[precision], 3),
+                         "wall_s": round(time.perf_counter() - t0, 1)})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    if args.profile:
+        variant, img, default_batch = CASES[args.cases[0]]
+        profile(variant, args.img_size or img, (args.batches or [default_batch])[0], args.precisions[-1] == "bf16",
+                args.device)
+    machine = (torch.cuda.get_device_name(args.device) if args.device.startswith("cuda")
+               else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    result = {"machine": machine, "device": args.device,
               "torch": torch.__version__,
               "matmul_peak_gflop_per_s": {k: round(v / 1e9, 1) for k, v in peaks.items()}, "rows": rows}
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"matmul peak: fp32 {result['matmul_peak_gflop_per_s']['fp32']} GFLOP/s, "
-          f"bf16 {result['matmul_peak_gflop_per_s']['bf16']} GFLOP/s ({result['machine']}, torch {torch.__version__})")
+    peak_words = ", ".join(f"{k} {v} GFLOP/s" for k, v in result["matmul_peak_gflop_per_s"].items())
+    print(f"matmul peak: {peak_words} ({result['machine']}, torch {torch.__version__})")
     print(f"{'model':<6} {'img':>4} {'batch':>5} {'prec':<5} {'mode':<8} {'img/s':>7} {'GFLOP/s':>8} {'of peak':>7}")
     for r in rows:
         print(f"{r['model']:<6} {r['img_size']:>4} {r['batch']:>5} {r['precision']:<5} {r['mode']:<8} "

@@ -15,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from devices import TEST_DEVICE  # tests/devices.py
 from rampsearch.config import ConfigError, load_recipe
 from rampsearch.data import DataError, ImageBatches, TensorImages, build_datasets
 from rampsearch.data.augment import CenterCrop, Normalize, TrainAugment, crop_boxes
@@ -201,7 +202,7 @@ def test_image_batches_match_a_dataloader_over_the_same_sampler():
 
 def test_training_on_a_cached_folder_is_deterministic(tmp_path):
     root = _folder(tmp_path / "data", per_class=16)
-    config = {"variant": "nano", "img_size": 32, "data": str(root), "epochs": 2, "device": "cpu", "quiet": True,
+    config = {"variant": "nano", "img_size": 32, "data": str(root), "epochs": 2, "device": TEST_DEVICE, "quiet": True,
               "overrides": {"batch_size": 8, "eval_batch_size": 16, "data_cache": "on"}}
     first, second = fit(config), fit(config)
     assert first.history == [{**row, **{k: first.history[i][k] for k in ("train_seconds", "img_s", "epoch_seconds")}}

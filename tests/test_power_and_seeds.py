@@ -19,6 +19,7 @@ import pytest
 import torch
 from scipy import stats
 
+from devices import TEST_DEVICE  # tests/devices.py
 from rampsearch.architecture import Architecture
 from rampsearch.config import TrainConfig
 from rampsearch.model_spec import ModelSpec, build_model
@@ -174,7 +175,7 @@ def test_a_seed_fixes_data_order_augmentation_and_mixup_across_ramps(monkeypatch
     for ramp in (None, _other_ramp(), None):
         batches.append([])
         fit(TrainConfig(architecture=TINY_ARCH.to_dict(), ramp="handset" if ramp is None else list(ramp.ratios),
-                        img_size=32, device="cpu", quiet=True, epochs=2, seed=4, overrides=mixing))
+                        img_size=32, device=TEST_DEVICE, quiet=True, epochs=2, seed=4, overrides=mixing))
     assert batches[0] == batches[1] == batches[2] and len(batches[0]) == 2 * 6  # 96 images in batches of 16
 
 

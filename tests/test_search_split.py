@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import rampsearch.train as train_module
+from devices import TEST_DEVICE  # tests/devices.py
 from rampsearch.config import ConfigError, TrainConfig, load_recipe
 from rampsearch.data import (FINAL, SEARCH, SEARCH_SPLIT_STREAM, DataError, TensorImages, build_datasets,
                              check_data, search_split_indices)
@@ -203,7 +204,7 @@ def test_fit_on_the_search_split_evaluates_the_held_out_images(monkeypatch):
     overrides = {"synthetic_low_classes": 2, "synthetic_high_classes": 2, "synthetic_train_per_class": 20,
                  "synthetic_val_per_class": 8, "batch_size": 16, "warmup_epochs": 0.5, "search_split": 0.35}
     config = TrainConfig(architecture={"depths": [1, 1, 1, 1], "embed_dims": [32, 32, 64, 64]}, img_size=32,
-                         device="cpu", quiet=True, epochs=1, overrides=overrides, data_split=SEARCH)
+                         device=TEST_DEVICE, quiet=True, epochs=1, overrides=overrides, data_split=SEARCH)
     result = fit(config)
     (data,) = built
     assert (len(data.train), len(data.val)) == (4 * 13, 4 * 7)  # round(0.35 * 20) = 7 held out per class

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file
 
+from devices import TEST_DEVICE  # tests/devices.py
 from rampsearch import Architecture, RampSchedule
 from rampsearch.checkpoint import POINTER, RESULT
 from rampsearch.cli import main as cli_main
@@ -322,7 +323,7 @@ def trained(space, tmp_path_factory):
     """(folder, TrainResult) of the tiny space's supernet, trained in process."""
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("supernet")
-    return folder, fit(supernet_config(space, folder, "cpu"))
+    return folder, fit(supernet_config(space, folder, TEST_DEVICE))
 
 
 def test_the_supernet_config_is_a_search_split_training_of_the_space(space):
@@ -363,7 +364,7 @@ def test_both_extremes_learned(space, trained):
 
 def test_the_same_config_trains_the_same_supernet(space, trained, tmp_path):
     folder, result = trained
-    again = fit(supernet_config(space, tmp_path, "cpu"))
+    again = fit(supernet_config(space, tmp_path, TEST_DEVICE))
     assert history(again.history) == history(result.history)
     assert_same_weights(weights(tmp_path), weights(folder))
 
@@ -388,7 +389,7 @@ def test_a_killed_supernet_training_resumes_to_the_same_weights(space, trained, 
     assert victim.returncode == -signal.SIGKILL, f"the training ended before it was killed: {err[-3000:]}"
     assert json.loads((out / POINTER).read_text())["epoch"] < EPOCHS, "the run finished before it could be killed"
     assert not (out / RESULT).exists()
-    resumed = fit(supernet_config(space, out, "cpu"))
+    resumed = fit(supernet_config(space, out, TEST_DEVICE))
     assert history(resumed.history) == history(result.history)
     assert_same_weights(weights(out), weights(folder))
     check_supernet(out, space)
@@ -497,7 +498,7 @@ def test_recalibration_sets_the_plain_mean_of_the_batches():
 def test_scores_are_deterministic_percentages_and_leave_the_supernet_alone(space, trained, monkeypatch):
     folder, _ = trained
     monkeypatch.setattr(one_shot, "_SCORERS", {})  # score_candidate's per-process cache: none left behind
-    scorer = make_scorer(space, folder, "cpu", score_images=8)
+    scorer = make_scorer(space, folder, TEST_DEVICE, score_images=8)
     assert sum(len(y) for _, y in scorer.score_batches) == 8 and sum(len(y) for _, y in scorer.bn_batches) == 16
     assert_same_weights(scorer.supernet.state_dict(), weights(folder))
     before = {k: v.clone() for k, v in scorer.supernet.state_dict().items()}
@@ -552,12 +553,12 @@ def test_scores_on_an_image_folder_do_not_depend_on_the_process_rng(tmp_path):
     space = parse_space({**SPACE, "proxy": {"epochs": 1, "data": str(root), "overrides": {
         "batch_size": 4, "eval_batch_size": 8, "workers": 0}}, "supernet": {"random_ramps": 0, "score_images": 2,
                                                                             "bn_images": 4}})
-    fit(supernet_config(space, tmp_path / "supernet", "cpu"))
+    fit(supernet_config(space, tmp_path / "supernet", TEST_DEVICE))
     scorers = []
     for seed in (1, 2):  # whatever the process's random streams are
         random.seed(seed)
         torch.manual_seed(seed)
-        scorers.append(make_scorer(space, tmp_path / "supernet", "cpu"))
+        scorers.append(make_scorer(space, tmp_path / "supernet", TEST_DEVICE))
     first, second = (s.bn_batches for s in scorers)
     assert all(torch.equal(a, b) for (a, _), (b, _) in zip(first, second))
 
@@ -580,7 +581,7 @@ def test_two_process_gloo_ddp_trains_the_supernet_with_the_same_sandwich_on_ever
     import torch.multiprocessing as mp
 
     spec = SupernetSpec(NANO, IMG, parameterization="per_stage", depths=ARCH_CHOICES["depths"], random_ramps=1)
-    config = {"supernet": spec.to_dict(), "img_size": IMG, "epochs": 1, "overrides": TINY, "device": "cpu",
+    config = {"supernet": spec.to_dict(), "img_size": IMG, "epochs": 1, "overrides": TINY, "device": TEST_DEVICE,
               "data_split": "search", "quiet": True, "out": str(tmp_path / "ddp")}
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,6 +16,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from devices import TEST_DEVICE  # tests/devices.py
 from rampsearch.cli import main as cli_main
 from rampsearch.config import ConfigError, TrainConfig, load_recipe, parse_set
 from rampsearch.train import StopTraining, fit
@@ -27,7 +28,7 @@ TINY_DATA = {"synthetic_low_classes": 2, "synthetic_high_classes": 2, "synthetic
 
 
 def tiny(out: Path | None = None, epochs: int = 2, **overrides) -> TrainConfig:
-    return TrainConfig(architecture=TINY_ARCH, img_size=32, device="cpu", quiet=True, epochs=epochs,
+    return TrainConfig(architecture=TINY_ARCH, img_size=32, device=TEST_DEVICE, quiet=True, epochs=epochs,
                        overrides={**TINY_DATA, **overrides}, out=str(out) if out else None)
 
 
@@ -130,7 +131,7 @@ def test_a_different_run_in_the_same_out_dir_is_refused(tmp_path):
 def test_fit_accepts_the_search_trial_dict(tmp_path):
     result = fit({"architecture": TINY_ARCH, "ramp": [1.0, 1.0, 0.5, 0.5], "img_size": 32,
                   "data": "synthetic-freq", "recipe": "proxy", "overrides": TINY_DATA, "epochs": 1, "seed": 3,
-                  "out": str(tmp_path), "device": "cpu", "quiet": True})
+                  "out": str(tmp_path), "device": TEST_DEVICE, "quiet": True})
     assert result.epochs == 1
     with pytest.raises(ConfigError, match="unknown training config keys"):
         fit({"architecture": TINY_ARCH, "learning_rate": 1})
