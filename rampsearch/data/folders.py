@@ -3,10 +3,12 @@
 `root/train/CLASS/*.png` and `root/val/CLASS/*` (also `validation/`), or `root/CLASS/*` split per
 class with a seed. Classes are the train split's folder names, sorted; the same mapping labels
 val, so an empty or missing class folder can never shift labels. Loading goes through timm's
-`create_dataset` and `create_transform`. Proxy controls (recipe keys): `data_classes` (a subset),
-`data_fraction` (of every class's images) and the run's `img_size`. Files that are not images are
-ignored; files with an image extension that PIL cannot open are skipped and counted in the log,
-or rejected by name with `strict_data: true` (which also fully decodes every image up front).
+`create_dataset` and `create_transform`, or at proxy resolutions through the decoded proxy cache
+(rampsearch.data.cache, recipe key `data_cache`) and batch augmentation on the device. Proxy
+controls (recipe keys): `data_classes` (a subset), `data_fraction` (of every class's images) and the
+run's `img_size`. Files that are not images are ignored; files with an image extension that PIL
+cannot open are skipped and counted in the log, or rejected by name with `strict_data: true` (which
+also fully decodes every image up front; the cache decodes every image in any case).
 """
 from __future__ import annotations
 
@@ -73,6 +75,7 @@ def image_folder_datasets(root: Path, recipe: Recipe, img_size: int, split: str 
     def make(folder: Path, files: dict[str, list[Path]], transform, cache: DecodedFolder | None) -> Dataset:
         return (_cached_images(files, class_to_idx, transform, cache) if cache
                 else _timm_dataset(folder, files, class_to_idx, transform))
+
     if split == SEARCH:
         train_files, held_files = split_files(train_files, classes, recipe.search_split,
                                               search_seed(recipe.split_seed), minimum=1)
