@@ -109,8 +109,8 @@ def load_run_data(run_dir: Path, storage: str | None = None, target: str | None 
     """Read and check the run directory; a missing or unfinished run is a UserError naming what to do.
 
     `target`, `img_size`: which retraining (rampsearch.transfer.resolve_target)."""
-    from ..retrain import STOPPING
     from ..search.study import load_run
+    from ..sequential import STOPPING
     from ..transfer import resolve_target, retrain_command, retrain_dir
 
     space, study = load_run(run_dir, storage)

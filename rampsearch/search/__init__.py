@@ -1,7 +1,7 @@
 """Ramp (and architecture) search under a FLOPs budget.
 
 The seams: `space` (what to search, from YAML, with its typed proxy/search/retrain settings;
-candidates and their budget), `parameterizations` (how a ramp becomes sampler parameters), `record`
+candidates and their budget; how a ramp becomes sampler parameters is rampsearch.parameterizations), `record`
 (what a trial stores), `study` (where trials live: storage, samplers, pruners, mending interrupted
 trials), `trial` (one proxy training through `train.fit`), the backends (`optuna_backend`,
 `ray_backend`: how trials are scheduled; they import the seams, never each other) and `results`

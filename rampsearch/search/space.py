@@ -7,17 +7,16 @@ NSGA-II and GP samplers use to steer away from over-budget regions.
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..architecture import VARIANTS, Architecture, ArchitectureError
+from ..architecture import VARIANTS, ArchChoices, Architecture, ArchitectureError
 from ..errors import UserError, read_yaml_mapping
 from ..flops import flops_model
 from ..ramp import RampSchedule, allowed_high_heads
 from ..sequential import AUTO, MIN_SEEDS
-from .parameterizations import PARAMETERIZATIONS, Knots, Parameterization
+from ..parameterizations import PARAMETERIZATIONS, Knots, Parameterization
 from .record import ONE_SHOT, OVER_BUDGET, TRAIN, CandidateKey, TrialRecord, candidate_key
 from .score import LOSS, METRICS as SCORES, TOP1, Score
 
@@ -87,52 +86,6 @@ class Candidate:
             OVER_BUDGET, f"over budget, never trained: {self.describe_violation()}")
         return TrialRecord(architecture=self.arch.to_dict(), ramp=self.ramp.ratios, flops=self.flops,
                            params=self.params, handset=self.handset, status=status, reason=reason, seed=seed)
-
-
-@dataclass(frozen=True)
-class ArchChoices:
-    """Per-stage ranges/choices of the architecture search; None keeps the base architecture's value."""
-
-    depths: tuple[tuple[int, int], ...] | None = None  # (min, max) per stage
-    embed_dims: tuple[tuple[int, ...], ...] | None = None  # choices per stage
-    mlp_ratio: tuple[float, ...] | None = None
-    pool_sizes: tuple[tuple[int, ...], ...] | None = None  # choices per stage
-
-    def suggest(self, trial: Any, base: Architecture) -> Architecture:
-        depths = (tuple(trial.suggest_int(f"depth_{s + 1}", lo, hi) for s, (lo, hi) in enumerate(self.depths))
-                  if self.depths else base.depths)
-        dims = (tuple(trial.suggest_categorical(f"dim_{s + 1}", list(c)) for s, c in enumerate(self.embed_dims))
-                if self.embed_dims else base.embed_dims)
-        mlp = trial.suggest_categorical("mlp_ratio", list(self.mlp_ratio)) if self.mlp_ratio else base.mlp_ratio
-        pools = (tuple(trial.suggest_categorical(f"pool_{s + 1}", list(c)) for s, c in enumerate(self.pool_sizes))
-                 if self.pool_sizes else base.pool_sizes)
-        return Architecture(depths, dims, base.head_dim, mlp, pools)
-
-    def params_of(self, arch: Architecture) -> dict[str, Any]:
-        params: dict[str, Any] = {}
-        if self.depths:
-            params.update({f"depth_{s + 1}": d for s, d in enumerate(arch.depths)})
-        if self.embed_dims:
-            params.update({f"dim_{s + 1}": d for s, d in enumerate(arch.embed_dims)})
-        if self.mlp_ratio:
-            params["mlp_ratio"] = arch.mlp_ratio
-        if self.pool_sizes:
-            params.update({f"pool_{s + 1}": p for s, p in enumerate(arch.pool_sizes)})
-        return params
-
-    def architectures(self, base: Architecture) -> list[tuple[Architecture, Architecture]]:
-        """(shallowest, deepest) architecture per combination of widths, MLP ratio and pooling."""
-        depths = self.depths or tuple((d, d) for d in base.depths)
-        dims = self.embed_dims or tuple((d,) for d in base.embed_dims)
-        pools = self.pool_sizes or tuple((p,) for p in base.pool_sizes)
-        out = []
-        for mlp in self.mlp_ratio or (base.mlp_ratio,):
-            for d in itertools.product(*dims):
-                for p in itertools.product(*pools):
-                    shallow = Architecture(tuple(lo for lo, _ in depths), d, base.head_dim, mlp, p)
-                    deep = Architecture(tuple(hi for _, hi in depths), d, base.head_dim, mlp, p)
-                    out.append((shallow, deep))
-        return out
 
 
 @dataclass(frozen=True)
