@@ -164,7 +164,7 @@ def plan(run_dir: Path, settings_given: dict[str, Any], baselines: bool, storage
 
 def _inherit(retrain_plan: RetrainPlan, out: Path, device: str) -> None:
     """Write each iFormer contender's weights as the search's supernet passes them on (out/NAME/INIT_FILE)."""
-    from .search.one_shot import load_supernet
+    from .search.methods.one_shot import load_supernet
     from .supernet import Subnet
     from .train import resolve_device
 

@@ -4,7 +4,8 @@ Layers, bottom to top (ARCHITECTURE.md): the model layer (models, architecture, 
 supernet, and what they are built and trained with: config, data, train, checkpoint, ...) < search
 < what uses a search's results (retrain, transfer, report, export) < the command line (commands,
 cli). A module may import its own layer or one below. Every import counts, those inside functions
-(lazy) included: a lazy import is still a dependency, only a later one.
+(lazy) included: a lazy import is still a dependency, only a later one. Only imports under
+`if TYPE_CHECKING:` do not: they name types for annotations and never run.
 """
 from __future__ import annotations
 
@@ -42,8 +43,13 @@ def _imports(name: str) -> set[str]:
     """The package's modules that module `name` imports, anywhere in its body."""
     path = MODULES[name]
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree, found = ast.parse(path.read_text()), set()
+    annotations_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If)
+                        and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+                        for outer in node.body for inner in ast.walk(outer)}
+    for node in ast.walk(tree):
+        if id(node) in annotations_only:
+            continue
         if isinstance(node, ast.Import):
             found |= {_known(a.name) for a in node.names if a.name.startswith("rampsearch")}
         elif isinstance(node, ast.ImportFrom):

@@ -40,7 +40,8 @@ from ..machine import cpu_model  # noqa: E402
 from ..model_spec import ModelSpec  # noqa: E402
 from ..ramp import RampSchedule  # noqa: E402
 from ..redact import redact  # noqa: E402
-from ..search.record import ONE_SHOT, TrialRecord  # noqa: E402
+from ..search import methods  # noqa: E402
+from ..search.record import TrialRecord  # noqa: E402
 from ..search.space import SUPERNET  # noqa: E402
 from .spectra import retrain_recipe, trained_profiles  # noqa: E402
 from .stats import ALPHA, MAX_SEEDS_NEEDED, POWER, Comparison, Power, compare, kendall_tau, mean_std  # noqa: E402
@@ -210,7 +211,7 @@ def summary_section(doc, data) -> str:
     doc.table(frame.drop(columns=[top1]), "summary", views=[accuracy, cost])
     doc.paragraph(
         f"{top1} is the last-epoch validation accuracy of the {name.long}, mean ± std over seeds (with one seed, "
-        f"the score alone); {data.space.score.short} is {_search_score_words(data)}, the "
+        f"the score alone); {data.space.score.short} is {_method_words(data).score_is}, the "
         f"{data.space.score.label} the search ranked by. The difference to the "
         "hand-set ramp has a 95% confidence interval and a t-test over seeds, named as run: paired t when both "
         "schedules ran the same seeds, Welch t otherwise; with one seed, or when every seed differs by the same "
@@ -224,16 +225,9 @@ def summary_section(doc, data) -> str:
     return verdict
 
 
-def _one_shot(data) -> bool:
-    """Whether the search scored its candidates on a supernet."""
-    return (data.plan.get("search") or {}).get("method") == ONE_SHOT
-
-
-def _search_score_words(data) -> str:
-    """What a search score is, by the search's method."""
-    if _one_shot(data):
-        return "the schedule's score on the search's weight-sharing supernet (one training for every candidate)"
-    return "the proxy training's score in the search"
+def _method_words(data) -> methods.Words:
+    """What the report says about the search's method (a plan that names none: the default method's)."""
+    return methods.get((data.plan.get("search") or {}).get("method") or methods.DEFAULT).words
 
 
 def _finalists_paragraph(doc, data) -> None:
@@ -246,7 +240,7 @@ def _finalists_paragraph(doc, data) -> None:
              if inherited else "Every schedule was retrained from scratch (random initial weights).")
     search = data.plan.get("search") or {}
     method = search.get("method")
-    where = (f"Candidates were scored by {'one-shot supernet scoring' if method == ONE_SHOT else 'proxy training'} "
+    where = (f"Candidates were scored by {_method_words(data).scored_by} "
              "on a held-out search split of the training data, never on the validation set reported here. "
              if method else "")
     doc.paragraph(f"{where}How each schedule was chosen: {chosen or 'not recorded (an older retraining plan)'}. "
@@ -530,10 +524,10 @@ def search_section(doc, data) -> None:
         doc.paragraph("No trials.csv in the run directory.")
         return
     counts = trials["state"].value_counts().rename_axis("state").reset_index(name="trials")
-    one_shot, score = _one_shot(data), data.space.score
+    score = data.space.score
     doc.table(counts, "trial_counts")
     doc.figure(history_figure(trials, data.space), "history",
-               f"{'Supernet' if one_shot else 'Proxy'} {score.label} per trial: the score the search ranked by "
+               f"{_method_words(data).score_source} {score.label} per trial: the score the search ranked by "
                "(search.score). The best-so-far line moves only at complete, within-budget trials; over-budget "
                "candidates (never trained) and failed trials are marked along the bottom.")
     doc.figure(pareto_figure(trials, data.space), "pareto",
@@ -587,9 +581,8 @@ def proxy_fidelity_section(doc, data) -> None:
         return
     # a better score ranks higher on both sides, so a positive τ is agreement whatever the search ranked by
     tau, p = kendall_tau(-score.sort_key(frame[score.short]), frame[retrained])
-    one_shot = _one_shot(data)
-    scores = "the supernet's scores" if one_shot else "the search's proxy scores"
-    between = f"Kendall τ between {scores} and the {name.long} (standalone trainings) over {len(frame)} schedules"
+    between = (f"Kendall τ between {_method_words(data).scores} and the {name.long} (standalone trainings) over "
+               f"{len(frame)} schedules")
     if data.target:
         between += (f" (transfer fidelity: the search ranked the schedules at {data.space.img_size} px on the proxy "
                     "architecture; the retraining ranks their mapped ramps on the target)")

@@ -17,8 +17,9 @@ from ..flops import flops_model
 from ..ramp import RampSchedule, allowed_high_heads
 from ..sequential import AUTO, MIN_SEEDS
 from ..parameterizations import PARAMETERIZATIONS, Knots, Parameterization
-from .record import ONE_SHOT, OVER_BUDGET, TRAIN, CandidateKey, TrialRecord, candidate_key
-from .score import LOSS, METRICS as SCORES, TOP1, Score
+from . import methods
+from .record import OVER_BUDGET, CandidateKey, TrialRecord, candidate_key
+from .score import METRICS as SCORES, TOP1, Score
 
 SAMPLERS = ("tpe", "nsga2", "gp", "cmaes", "random")
 PRUNERS = ("median", "hyperband", "none")
@@ -28,9 +29,6 @@ TOP_KEYS = {"name", "architecture", "img_size", "ramp", "search_architecture", "
             "method", "proxy", "supernet", "search", "retrain", "target"}
 ARCHITECTURE_KEYS = {"variant", "depths", "embed_dims", "head_dim", "mlp_ratio", "pool_sizes"}
 TARGET_KEYS = {"name", *ARCHITECTURE_KEYS, "img_size", "budget"}
-# How a candidate is scored: a short standalone training (`proxy:`), or on a weight-sharing supernet
-# trained once for the whole space (`supernet:`, rampsearch.supernet).
-METHODS = (TRAIN, ONE_SHOT)
 # Where retraining starts: random weights, or those a supernet's sub-network inherits.
 SCRATCH, SUPERNET = "scratch", "supernet"
 INITS = (SCRATCH, SUPERNET)
@@ -122,7 +120,7 @@ class SearchSettings:
     sampler: str = "tpe"
     pruner: str = "median"
     seed: int = 0
-    score: str = TOP1  # what candidates are ranked by (rampsearch.search.score); parsed: loss for one-shot
+    score: str = TOP1  # what candidates are ranked by (rampsearch.search.score); parsed: the method's default_score
 
 
 @dataclass(frozen=True)
@@ -185,7 +183,7 @@ class SearchSpace:
     supernet: SupernetSettings  # used by method one-shot
     retrain: RetrainSettings = RetrainSettings()
     source: str = ""
-    method: str = TRAIN
+    method: str = methods.DEFAULT  # how a candidate is scored (rampsearch.search.methods)
     target: Target | None = None  # where `retrain` deploys the searched ramps; None: the searched architecture
 
     def proxy_recipe(self) -> Any:
@@ -454,7 +452,7 @@ def _proxy_settings(data: Any, source: str, base: Architecture, overrides: dict[
 
 def _search_settings(data: Any, source: str, multi_objective: bool, method: str) -> SearchSettings:
     search = _mapping(data, source, "search", {"trials", "sampler", "pruner", "seed", "score"})
-    settings = SearchSettings(sampler="nsga2" if multi_objective else "tpe", score=LOSS if method == ONE_SHOT else TOP1)
+    settings = SearchSettings(sampler="nsga2" if multi_objective else "tpe", score=methods.get(method).default_score)
     settings = replace(settings, **search)
     _integer(settings.trials, source, "search.trials")
     _integer(settings.seed, source, "search.seed", minimum=0)
@@ -547,9 +545,9 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "search"
         raise _err(source, "objectives", f"'accuracy' (the searched score) must come first, got {objectives!r}; "
                                          f"write {['accuracy'] + [o for o in objectives if o != 'accuracy']!r}")
 
-    method = data.get("method", TRAIN)
-    if method not in METHODS:
-        raise _err(source, "method", f"{method!r} is not one of {list(METHODS)}")
+    method = data.get("method", methods.DEFAULT)
+    if method not in methods.names():
+        raise _err(source, "method", f"{method!r} is not one of {list(methods.names())}")
     proxy = _proxy_settings(data.get("proxy"), source, base, overrides)
     space = SearchSpace(
         name=str(data.get("name", default_name)), base=base, img_size=img_size, parameterization=parameterization,
@@ -560,15 +558,7 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "search"
         retrain=parse_retrain_settings(data.get("retrain"), source), source=source, method=method,
         supernet=_supernet_settings(data.get("supernet"), source, proxy),
         target=parse_target(data["target"], source) if data.get("target") is not None else None)
-    if method == ONE_SHOT:  # a space a supernet cannot run fails here, naming the key
-        from ..ramp import RampError
-        from ..supernet import Subnet
-
-        try:
-            space.supernet_spec().check(Subnet(base, RampSchedule.handset(base)))
-        except RampError as exc:
-            raise _err(source, "ramp.range", f"the hand-set ramp, every search's first trial and the supernet's "
-                                             f"yardstick, is outside it: {exc}; widen the range") from None
+    methods.get(method).check_space(space)
     return space
 
 
