@@ -111,10 +111,11 @@ def load_run_data(run_dir: Path, storage: str | None = None, target: str | None 
     `target`, `img_size`: which retraining (rampsearch.transfer.resolve_target)."""
     from ..search.study import load_run
     from ..sequential import STOPPING
-    from ..transfer import resolve_target, retrain_command, retrain_dir
+    from ..transfer import check_retraining_found, resolve_target, retrain_command, retrain_dir
 
     space, study = load_run(run_dir, storage)
     retrain = retrain_dir(run_dir, resolve_target(space, target, img_size))
+    check_retraining_found(run_dir, retrain)
     command = retrain_command(run_dir, target, img_size)
     results = _read_results(retrain / "results.csv", command)
     plan = _read_plan(retrain / "plan.json", command)
