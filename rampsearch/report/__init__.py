@@ -27,11 +27,12 @@ DIGEST_CHARS = 16  # hex characters of a SHA-256 kept in the metadata: enough to
 
 
 def report_code_digest() -> str:
-    """SHA-256 over this package's source files (name and bytes, in name order): which report code wrote a
-    report. The run metadata records it, so a committed report made by other code is caught."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    """SHA-256 over this package's source files, subpackages included (relative path and bytes, in path order):
+    which report code wrote a report. The run metadata records it, so a committed report made by other code is
+    caught."""
+    digest, package = hashlib.sha256(), Path(__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:DIGEST_CHARS]
 
 
