@@ -102,7 +102,8 @@ def write_metadata(run_dir: Path, options: SearchOptions, backend: str, space: S
 
 def preflight(space: SearchSpace, options: SearchOptions) -> None:
     """Check, once before the first trial, what would make every trial fail: device, recipe, data, memory
-    (and for one-shot, a --supernet folder that does not fit the space); `options.method` is resolved."""
+    (and for one-shot, a --supernet folder that does not fit the space); `options`: as given, with the
+    method resolved (SearchMethod.preflight)."""
     methods.get(options.method).preflight(space, options)
 
 
@@ -192,7 +193,7 @@ def run_search(space_file: str | Path, run_dir: str | Path, options: SearchOptio
         space = space.with_score(resumed)
     given = _with_method(space, options)
     method = methods.get(given.method)
-    options = method.resolve(given, run_dir)
+    options = method.resolve(given, run_dir)  # e.g. one-shot: RUN_DIR/supernet when --supernet is not given
     low, high, warning = check_budget(space)
     preflight(space, given)
     budget = f"budget {space.budget.gflops} GFLOPs" if space.budget.gflops else "no FLOPs budget"
