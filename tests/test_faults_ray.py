@@ -33,7 +33,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from rampsearch.errors import UserError
 from rampsearch.search import ray_backend
-from rampsearch.search.ray_backend import cluster as ray_join, pickled, searcher as ray_searcher, tuning
+from rampsearch.search.ray_backend import cluster as ray_join, pickled as ray_pickled, searcher as ray_searcher, tuning
 from rampsearch.search.ray_backend import worker as ray_worker
 from rampsearch.search.record import INTERRUPTED, TrialRecord
 from rampsearch.search.options import SearchOptions
@@ -362,11 +362,11 @@ def test_tune_pickles_the_searcher_and_callback_as_the_restoring_drivers_own(tmp
     callback = ray_backend.StudyCallback(ray_searcher._optuna_study(searcher), None, keep_checkpoints=False)
     pickled = pickle.dumps({"search_alg": searcher, "callbacks": [callback]})
     rerun_searcher, rerun_callback = _searcher(tmp_path), ray_backend.StudyCallback(None, None, True)
-    pickled.DRIVER.update(searcher=rerun_searcher, callback=rerun_callback)
+    ray_pickled.DRIVER.update(searcher=rerun_searcher, callback=rerun_callback)
     try:
         restored = pickle.loads(pickled)
     finally:
-        pickled.DRIVER.clear()
+        ray_pickled.DRIVER.clear()
     assert restored["search_alg"] is rerun_searcher and restored["callbacks"] == [rerun_callback]
 
 

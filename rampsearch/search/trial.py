@@ -74,9 +74,9 @@ def train_config(space: SearchSpace, spec: ModelSpec, out_dir: Path | None, devi
 
 def evaluate_candidate(space: SearchSpace, candidate: Candidate, run_dir: Path, folder: int, options: SearchOptions,
                        report: Report | None) -> dict[str, Any]:
-    """Score a candidate by the run's method (`options`: resolved SearchOptions), in trial folder `folder`.
+    """Score a candidate by the run's method (methods.of_run), in trial folder `folder`.
     Returns the final metrics, `history` and `seconds`."""
-    return methods.get(options.method).evaluate(space, candidate, run_dir, folder, options, report)
+    return methods.of_run(space, options).evaluate(space, candidate, run_dir, folder, options, report)
 
 
 def run_trial(config: dict[str, Any], report: Report | None) -> dict[str, Any]:

@@ -102,6 +102,11 @@ def get(name: str) -> SearchMethod:
     return _LOADED[name]
 
 
+def of_run(space: SearchSpace, options: SearchOptions) -> SearchMethod:
+    """The method a search scores with: `options.method` (--method), else the space's `method`."""
+    return get(options.method or space.method)
+
+
 def register(method: SearchMethod) -> None:
     """Make `method` available by its name (a space's `method:`, `--method`) until `unregister`."""
     if method.name in names():

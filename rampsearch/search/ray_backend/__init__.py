@@ -117,7 +117,7 @@ def _searcher(space: SearchSpace, run_dir: Path, options: SearchOptions, seed: i
         space=DefineByRun(space), metric=list(metric) if space.multi_objective else metric[0],
         mode=list(mode) if space.multi_objective else mode[0], sampler=make_sampler(space, seed),
         study_name=options.study, storage=open_storage(run_dir, None),
-        max_epochs=methods.get(options.method).epochs(space), sampler_seed=seed, method=options.method,
+        max_epochs=methods.of_run(space, options).epochs(space), sampler_seed=seed, method=options.method,
         score_se_key=space.score.se_key, grid=space.grid())
 
 
@@ -144,7 +144,7 @@ def _new_tuner(study: optuna.Study, space: SearchSpace, run_dir: Path, options: 
         # a method that reports no epochs keeps its worker, and what it loaded (one-shot: the supernet and
         # scoring images), for the next candidate
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space, options.method),
-                                    num_samples=missing, reuse_actors=not methods.get(options.method).per_epoch,
+                                    num_samples=missing, reuse_actors=not methods.of_run(space, options).per_epoch,
                                     trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(name=options.study, storage_path=str(run_dir / "ray"), verbose=0,
                                   callbacks=[callback], checkpoint_config=tune.CheckpointConfig(num_to_keep=None),

@@ -99,7 +99,7 @@ def trainable(config: dict[str, Any], space: SearchSpace, run_dir: str, options:
     _align_with_tune(folder)
     constants = {"gflops": candidate.flops / 1e9, "mparams": candidate.params / 1e6}
     last: dict[str, float] = {}
-    method = methods.get(options.method)
+    method = methods.of_run(space, options)
     if not method.per_epoch:  # one-shot: the supernet's folder is on a disk every worker reads
         result = evaluate_candidate(space, candidate, Path(run_dir), config["number"], options, report=None)
         tune.report({**result["history"][-1], **constants})
