@@ -102,7 +102,8 @@ def write_metadata(run_dir: Path, options: SearchOptions, backend: str, space: S
 
 def preflight(space: SearchSpace, options: SearchOptions) -> None:
     """Check, once before the first trial, what would make every trial fail: device, recipe, data, memory
-    (and for one-shot, a --supernet folder that does not fit the space); `options`: as given (SearchMethod.preflight)."""
+    (and for one-shot, a --supernet folder that does not fit the space); `options`: as given
+    (SearchMethod.preflight)."""
     methods.of_run(space, options).preflight(space, options)
 
 

@@ -284,7 +284,8 @@ class OneShot:
         best, runner_up = by_score(out, space)[:2]
         d = paired_difference(scored[best.trial.number].per_image(metric),
                               scored[runner_up.trial.number].per_image(metric))
-        verdict = "distinguishable" if d.distinguishable else "not distinguishable on these images: a tie in all but name"
+        verdict = ("distinguishable" if d.distinguishable else
+                   "not distinguishable on these images: a tie in all but name")
         return out, (f"best (trial {best.trial.number}) minus runner-up (trial {runner_up.trial.number}): "
                      f"{d.difference:+.4g} {space.score.short}, 95% CI [{d.ci_low:+.4g}, {d.ci_high:+.4g}] over "
                      f"{d.images} paired images: {verdict}")

@@ -69,7 +69,8 @@ class ProxyTraining:
         seed is the same)."""
         seeds = settings.rescore_seeds
         if not seeds:
-            return [Finalist(t, r, (t.values[0],), "its search score (retrain.rescore_seeds: 0)") for t, r in pool], None
+            how = "its search score (retrain.rescore_seeds: 0)"
+            return [Finalist(t, r, (t.values[0],), how) for t, r in pool], None
         out, metric = [], space.score.metric
         for trial, record in pool:
             scores = [trial.values[0]]
