@@ -56,7 +56,7 @@ def export_schedule(run_dir: str | Path, out: str | Path, schedule: str = "best"
     space, _ = load_run(run_dir, storage)
     folder = retrain_dir(run_dir, resolve_target(space, target, img_size))
     command = retrain_command(run_dir, target, img_size)
-    check_retraining_found(run_dir, folder)
+    check_retraining_found(run_dir, folder, target)
     if not (folder / "plan.json").is_file():
         raise UserError(f"{run_dir} has no retraining in {folder.name}/; run `{command}` first")
     contender = _contender(read_json(folder / "plan.json", "retraining plan"), schedule, folder)

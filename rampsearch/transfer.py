@@ -70,11 +70,11 @@ def retrain_dir(run_dir: Path, target: Target | None) -> Path:
     return run_dir / (RETRAIN_DIR if target is None else f"{RETRAIN_DIR}-{target.label}")
 
 
-def check_retraining_found(run_dir: Path, folder: Path) -> None:
-    """Refuse to read the searched model's retraining (`folder` is RUN_DIR/retrain) when it is missing but a
-    target's retraining is there: the error names the flags that pick each one (an export or report run
-    without --target looks in retrain/ only)."""
-    if folder.name != RETRAIN_DIR or folder.exists():
+def check_retraining_found(run_dir: Path, folder: Path, given: str | None) -> None:
+    """Refuse to read the searched model's retraining (`folder` is RUN_DIR/retrain, picked because no --target
+    was `given` and the space has none) when it is missing but a target's retraining is there: the error
+    names the flags that pick each one. A retraining asked for by --target is reported missing as such."""
+    if given is not None or folder.name != RETRAIN_DIR or folder.exists():
         return
     found = sorted(p for p in run_dir.glob(f"{RETRAIN_DIR}-*") if p.is_dir())
     if found:

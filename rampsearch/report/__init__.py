@@ -116,7 +116,7 @@ def load_run_data(run_dir: Path, storage: str | None = None, target: str | None 
 
     space, study = load_run(run_dir, storage)
     retrain = retrain_dir(run_dir, resolve_target(space, target, img_size))
-    check_retraining_found(run_dir, retrain)
+    check_retraining_found(run_dir, retrain, target)
     command = retrain_command(run_dir, target, img_size)
     results = _read_results(retrain / "results.csv", command)
     plan = _read_plan(retrain / "plan.json", command)
