@@ -30,9 +30,8 @@ if TYPE_CHECKING:  # annotations only: the modules below import this registry
 Report = Callable[[int, dict[str, float]], None]  # (epoch, metrics); may raise to stop the trial
 Pool = list[tuple["optuna.trial.FrozenTrial", Any]]  # the best distinct searched (trial, TrialRecord), ranked
 
-# name -> module of this package whose METHOD implements it; the first is the default (a space without `method:`)
-BUILT_IN = {TRAIN: "proxy", ONE_SHOT: "one_shot"}
-DEFAULT = TRAIN
+BUILT_IN = {TRAIN: "proxy", ONE_SHOT: "one_shot"}  # name -> the module of this package whose METHOD it is
+DEFAULT = TRAIN  # the method of a space without `method:`
 
 
 @dataclass(frozen=True)
