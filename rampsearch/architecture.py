@@ -1,10 +1,13 @@
 """What an iFormer is made of, apart from its ramp: depths, widths, head size, MLP ratio, pooling.
 
 The paper's three variants (and the project's CPU proxy "nano") are data here; any other
-four-stage architecture is an `Architecture` built from explicit values.
+four-stage architecture is an `Architecture` built from explicit values. `ArchChoices` are the
+per-stage values an architecture search picks from: the search space parses them and the supernet
+samples from them, so they live here, below both.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 from functools import cached_property, lru_cache
 from typing import Any, Sequence
@@ -145,3 +148,49 @@ class Architecture:
 @lru_cache(maxsize=1024)
 def _resolve(*args) -> Architecture:
     return Architecture._resolve_uncached(*args)
+
+
+@dataclass(frozen=True)
+class ArchChoices:
+    """Per-stage ranges/choices of the architecture search; None keeps the base architecture's value."""
+
+    depths: tuple[tuple[int, int], ...] | None = None  # (min, max) per stage
+    embed_dims: tuple[tuple[int, ...], ...] | None = None  # choices per stage
+    mlp_ratio: tuple[float, ...] | None = None
+    pool_sizes: tuple[tuple[int, ...], ...] | None = None  # choices per stage
+
+    def suggest(self, trial: Any, base: Architecture) -> Architecture:
+        depths = (tuple(trial.suggest_int(f"depth_{s + 1}", lo, hi) for s, (lo, hi) in enumerate(self.depths))
+                  if self.depths else base.depths)
+        dims = (tuple(trial.suggest_categorical(f"dim_{s + 1}", list(c)) for s, c in enumerate(self.embed_dims))
+                if self.embed_dims else base.embed_dims)
+        mlp = trial.suggest_categorical("mlp_ratio", list(self.mlp_ratio)) if self.mlp_ratio else base.mlp_ratio
+        pools = (tuple(trial.suggest_categorical(f"pool_{s + 1}", list(c)) for s, c in enumerate(self.pool_sizes))
+                 if self.pool_sizes else base.pool_sizes)
+        return Architecture(depths, dims, base.head_dim, mlp, pools)
+
+    def params_of(self, arch: Architecture) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        if self.depths:
+            params.update({f"depth_{s + 1}": d for s, d in enumerate(arch.depths)})
+        if self.embed_dims:
+            params.update({f"dim_{s + 1}": d for s, d in enumerate(arch.embed_dims)})
+        if self.mlp_ratio:
+            params["mlp_ratio"] = arch.mlp_ratio
+        if self.pool_sizes:
+            params.update({f"pool_{s + 1}": p for s, p in enumerate(arch.pool_sizes)})
+        return params
+
+    def architectures(self, base: Architecture) -> list[tuple[Architecture, Architecture]]:
+        """(shallowest, deepest) architecture per combination of widths, MLP ratio and pooling."""
+        depths = self.depths or tuple((d, d) for d in base.depths)
+        dims = self.embed_dims or tuple((d,) for d in base.embed_dims)
+        pools = self.pool_sizes or tuple((p,) for p in base.pool_sizes)
+        out = []
+        for mlp in self.mlp_ratio or (base.mlp_ratio,):
+            for d in itertools.product(*dims):
+                for p in itertools.product(*pools):
+                    shallow = Architecture(tuple(lo for lo, _ in depths), d, base.head_dim, mlp, p)
+                    deep = Architecture(tuple(hi for _, hi in depths), d, base.head_dim, mlp, p)
+                    out.append((shallow, deep))
+        return out

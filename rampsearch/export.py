@@ -22,7 +22,7 @@ from .checkpoint import RESULT, load_weights, read_json
 from .errors import UserError
 from .model_spec import IFORMER, ModelSpec, build_model
 from .search.study import load_run
-from .transfer import resolve_target, retrain_command, retrain_dir
+from .transfer import check_retraining_found, resolve_target, retrain_command, retrain_dir
 
 MODEL_FILE = "model.safetensors"  # what a finished training leaves, and what timm's local-dir loader reads
 CLASSIFIER = "head.weight"  # the iFormer's classifier: its rows are the classes
@@ -56,6 +56,7 @@ def export_schedule(run_dir: str | Path, out: str | Path, schedule: str = "best"
     space, _ = load_run(run_dir, storage)
     folder = retrain_dir(run_dir, resolve_target(space, target, img_size))
     command = retrain_command(run_dir, target, img_size)
+    check_retraining_found(run_dir, folder, target)
     if not (folder / "plan.json").is_file():
         raise UserError(f"{run_dir} has no retraining in {folder.name}/; run `{command}` first")
     contender = _contender(read_json(folder / "plan.json", "retraining plan"), schedule, folder)

@@ -38,7 +38,7 @@ from .search.results import standing
 from .search.space import SCRATCH, SUPERNET, RetrainSettings, SearchSpace, Target, parse_retrain_settings
 from .search.study import load_run, search_metadata
 from .search.trial import run_trial, train_config
-from .sequential import AUTO, Look, SequentialPlan, look
+from .sequential import AUTO, STOPPING, Look, SequentialPlan, look
 from .transfer import Transfer, resolve_target, retrain_dir
 
 HANDSET = "handset"
@@ -164,7 +164,7 @@ def plan(run_dir: Path, settings_given: dict[str, Any], baselines: bool, storage
 
 def _inherit(retrain_plan: RetrainPlan, out: Path, device: str) -> None:
     """Write each iFormer contender's weights as the search's supernet passes them on (out/NAME/INIT_FILE)."""
-    from .search.one_shot import load_supernet
+    from .search.methods.one_shot import load_supernet
     from .supernet import Subnet
     from .train import resolve_device
 
@@ -218,7 +218,6 @@ def _train_seed(contender: Contender, seed: int, folder: Path, config: Callable[
 
 
 # -- seeds: auto ----------------------------------------------------------------------------------
-STOPPING = "stopping.json"  # RETRAIN_DIR/stopping.json: the rule, every look, and why it stopped
 DECIDED = "decided"
 MAX_SEEDS_REACHED = "max_seeds"
 TIME_BUDGET = "max_hours"

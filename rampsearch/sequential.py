@@ -28,6 +28,9 @@ ALPHA = 0.05
 RHO = 2.0  # the spending function's shape: alpha spent by look k of K is ALPHA * (k / K) ** RHO
 MIN_SEEDS = 3  # the first look: at 2 seeds a t-interval has 1 degree of freedom, too wide to decide anything
 AUTO = "auto"  # the seeds setting that asks for this rule
+# The rule's record in a retraining's folder: the rule, every look, and why it stopped. Written by
+# rampsearch.retrain, read by rampsearch.report, which thus need not import each other.
+STOPPING = "stopping.json"
 
 
 @dataclass(frozen=True)

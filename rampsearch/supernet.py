@@ -45,9 +45,10 @@ import torch.nn.functional as F
 from torch import nn
 from timm.layers import trunc_normal_
 
-from .architecture import Architecture
+from .architecture import ArchChoices, Architecture
 from .errors import UserError
 from .flops import flops_model
+from .parameterizations import PARAMETERIZATIONS, Knots
 from .ramp import RampError, RampSchedule, allowed_high_heads
 
 # Sub-network templates (parameter-free modules) kept per process: a sandwich step builds a few.
@@ -154,9 +155,6 @@ class SupernetSpec:
 
     def sample(self, rng: random.Random) -> Subnet:
         """A random sub-network, drawn as a sampler would propose one (uniform in each parameter)."""
-        from .search.parameterizations import PARAMETERIZATIONS, Knots
-        from .search.space import ArchChoices
-
         draw = _RandomSuggester(rng)
         choices = ArchChoices(depths=self.depths, mlp_ratio=self.mlp_ratios, pool_sizes=self.pool_sizes)
         arch = choices.suggest(draw, self.architecture)

@@ -70,6 +70,27 @@ def retrain_dir(run_dir: Path, target: Target | None) -> Path:
     return run_dir / (RETRAIN_DIR if target is None else f"{RETRAIN_DIR}-{target.label}")
 
 
+def check_retraining_found(run_dir: Path, folder: Path, given: str | None) -> None:
+    """Refuse to read the searched model's retraining (`folder` is RUN_DIR/retrain, picked because no --target
+    was `given` and the space has none) when it is missing but a target's retraining is there: the error
+    names the flags that pick each one. A retraining asked for by --target is reported missing as such."""
+    if given is not None or folder.name != RETRAIN_DIR or folder.exists():
+        return
+    found = sorted(p for p in run_dir.glob(f"{RETRAIN_DIR}-*") if p.is_dir())
+    if found:
+        raise UserError(f"{run_dir} has no retraining of the searched model in {RETRAIN_DIR}/, but has "
+                        f"{', '.join(p.name + '/' for p in found)}: pass {', or '.join(map(_target_flags, found))} "
+                        f"(or run `{retrain_command(run_dir, None, None)}` first)")
+
+
+def _target_flags(folder: Path) -> str:
+    """The flags that name the target of retraining folder `folder` (RUN_DIR/retrain-NAME-SIZE)."""
+    name, _, size = folder.name.removeprefix(f"{RETRAIN_DIR}-").rpartition("-")
+    if name not in VARIANTS:
+        return f"--target with the target file of {name!r} ({size} px)"
+    return f"--target {name}" + ("" if size == str(VARIANTS[name].img_size) else f" --img-size {size}")
+
+
 def _costs(arch: Architecture, img_size: int, ramp: RampSchedule, num_classes: int) -> tuple[int, int]:
     model = flops_model(arch, img_size, num_classes)
     heads = ramp.high_heads(arch)

@@ -166,3 +166,23 @@ def test_search_whose_trials_all_fail_exits_nonzero_with_the_first_reason(capsys
 def test_retrain_seeds_zero_leaves_nothing_half_written(capsys, tmp_path):
     assert_user_error(cli(capsys, "retrain", tmp_path, "--seeds", "0"), "--seeds")
     assert not (tmp_path / "retrain" / "results.csv").exists()
+
+
+@pytest.mark.parametrize("command", ["report", "export"])
+def test_a_run_retrained_only_on_a_target_names_the_target_to_pass(capsys, tmp_path, command):
+    import optuna
+
+    from rampsearch.search.study import open_storage
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "space.yaml").write_text(TINY.read_text())
+    optuna.create_study(study_name="tiny", storage=open_storage(run, None))  # a searched run, as far as reading goes
+    (run / "retrain-small-64").mkdir()  # `rampsearch retrain RUN --target small --img-size 64`
+    (run / "retrain-nano-64").mkdir()  # `--target nano`: at nano's own size
+    out = tmp_path / "out"
+    argv = [command, run, "--out", out]
+    assert_user_error(cli(capsys, *argv), f"{run} has no retraining of the searched model in retrain/, but has "
+                                          "retrain-nano-64/, retrain-small-64/: pass --target nano, or --target small "
+                                          f"--img-size 64 (or run `rampsearch retrain {run}` first)")
+    assert not out.exists() and not (run / "retrain").exists()

@@ -33,6 +33,8 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from rampsearch.errors import UserError
 from rampsearch.search import ray_backend
+from rampsearch.search.ray_backend import cluster as ray_join, pickled as ray_pickled, searcher as ray_searcher, tuning
+from rampsearch.search.ray_backend import worker as ray_worker
 from rampsearch.search.record import INTERRUPTED, TrialRecord
 from rampsearch.search.options import SearchOptions
 from rampsearch.search.space import SearchSpace, load_space, parse_space
@@ -322,9 +324,9 @@ def test_a_restored_searcher_resumes_what_tune_saved_and_retries_what_it_did_not
 
     restored = _searcher(tmp_path)
     restored.restore(str(state))
-    study = ray_backend._optuna_study(restored)
+    study = ray_searcher._optuna_study(restored)
     trial = trial_by_number(study, saved["number"])
-    assert trial.state == TrialState.RUNNING and TrialRecord.of(trial).reason == ray_backend.RESUMED
+    assert trial.state == TrialState.RUNNING and TrialRecord.of(trial).reason == ray_searcher.RESUMED
     restored.on_trial_result("saved", _epoch(2, 41.0))  # Tune resumes it: its epochs go on in the same trial
     restored.on_trial_complete("saved", _epoch(2, 41.0))
     trial = trial_by_number(study, saved["number"])
@@ -337,7 +339,7 @@ def test_a_restored_searcher_resumes_what_tune_saved_and_retries_what_it_did_not
     trial = trial_by_number(study, unsaved["number"])
     record = TrialRecord.of(trial)
     assert trial.state == TrialState.FAIL and record.status == INTERRUPTED
-    assert record.reason == ray_backend.NOT_IN_EXPERIMENT and counted_trials(study.get_trials())[0] == 2
+    assert record.reason == ray_searcher.NOT_IN_EXPERIMENT and counted_trials(study.get_trials())[0] == 2
     retry = restored.suggest("next")  # the Tune trial the restored experiment adds in its place
     assert retry["ramp"] == unsaved["ramp"] and retry["architecture"] == unsaved["architecture"]
     assert TrialRecord.of(trial_by_number(study, retry["number"])).retry_of == unsaved["number"]
@@ -347,7 +349,7 @@ def test_a_restored_searcher_resumes_what_tune_saved_and_retries_what_it_did_not
 def test_a_trial_that_finished_after_tunes_last_save_is_not_trained_again(tmp_path):
     # Tune resumes it from its checkpoint; the trainable returns before it touches Tune or training
     options = SearchOptions(trials=1, study="tiny", device="cpu", method="train")
-    assert ray_backend._trainable({"number": 3}, space=None, run_dir=str(tmp_path), options=options, threads=1,
+    assert ray_worker.trainable({"number": 3}, space=None, run_dir=str(tmp_path), options=options, threads=1,
                                   finished=frozenset({3})) is None
     assert not list(tmp_path.iterdir())
 
@@ -357,14 +359,14 @@ def test_tune_pickles_the_searcher_and_callback_as_the_restoring_drivers_own(tmp
     """A restored Tuner gets the rerun's study and progress bar, not the first run's (a terminal's
     tqdm bar does not even unpickle); Tune then loads its saved searcher state into that searcher."""
     searcher = _searcher(tmp_path)
-    callback = ray_backend.StudyCallback(ray_backend._optuna_study(searcher), None, keep_checkpoints=False)
+    callback = ray_backend.StudyCallback(ray_searcher._optuna_study(searcher), None, keep_checkpoints=False)
     pickled = pickle.dumps({"search_alg": searcher, "callbacks": [callback]})
     rerun_searcher, rerun_callback = _searcher(tmp_path), ray_backend.StudyCallback(None, None, True)
-    ray_backend._DRIVER.update(searcher=rerun_searcher, callback=rerun_callback)
+    ray_pickled.DRIVER.update(searcher=rerun_searcher, callback=rerun_callback)
     try:
         restored = pickle.loads(pickled)
     finally:
-        ray_backend._DRIVER.clear()
+        ray_pickled.DRIVER.clear()
     assert restored["search_alg"] is rerun_searcher and restored["callbacks"] == [rerun_callback]
 
 
@@ -378,8 +380,8 @@ def _space(**search: str) -> SearchSpace:
 
 @pytest.mark.faults
 def test_the_handset_trial_is_never_stopped_by_asha():
-    asha = ray_backend._scheduler(_space(pruner="median"))
-    assert isinstance(asha, ray_backend.HandsetSparingASHA)
+    asha = tuning.make_scheduler(_space(pruner="median"))
+    assert isinstance(asha, tuning.HandsetSparingASHA)
     strong = [SimpleNamespace(trial_id=f"s{i}", config={"handset": False}) for i in range(4)]
     weak, handset = (SimpleNamespace(trial_id=name, config={"handset": name == "handset"})
                      for name in ("weak", "handset"))
@@ -394,19 +396,19 @@ def test_the_handset_trial_is_never_stopped_by_asha():
 
 @pytest.mark.faults
 def test_tune_stops_trials_early_exactly_when_the_embedded_backend_prunes():
-    assert isinstance(ray_backend._scheduler(_space(pruner="none")), FIFOScheduler)
-    assert isinstance(ray_backend._scheduler(_space(pruner="hyperband")), ray_backend.HandsetSparingASHA)
+    assert isinstance(tuning.make_scheduler(_space(pruner="none")), FIFOScheduler)
+    assert isinstance(tuning.make_scheduler(_space(pruner="hyperband")), tuning.HandsetSparingASHA)
     data = yaml.safe_load(TINY.read_text())
     data["objectives"], data["search"]["sampler"], data["search"]["pruner"] = ["accuracy", "flops"], "nsga2", "median"
-    assert isinstance(ray_backend._scheduler(parse_space(data)), FIFOScheduler)  # Optuna cannot prune several
+    assert isinstance(tuning.make_scheduler(parse_space(data)), FIFOScheduler)  # Optuna cannot prune several
 
 
 # -- token authentication ---------------------------------------------------------------------------
 
 JOIN = """
 import os, sys, ray
-from rampsearch.search import ray_backend
-ray_backend._connect(sys.argv[1])
+from rampsearch.search.ray_backend import cluster
+cluster.connect(sys.argv[1])
 print(os.environ["RAY_AUTH_MODE"], ray.get(ray.remote(num_cpus=0)(type("Ping", (), {"pid": lambda self: os.getpid()}))
                                            .remote().pid.remote(), timeout=60))
 ray.shutdown()
@@ -440,4 +442,4 @@ def test_a_token_cluster_without_its_token_is_one_clear_error(token_cluster, wor
         monkeypatch.delenv(name, raising=False)
     with pytest.raises(UserError, match=rf"^--address {token_cluster.address}: that Ray cluster {message}.*"
                                         r"ray get-auth-token"):
-        ray_backend._connect(token_cluster.address)
+        ray_join.connect(token_cluster.address)

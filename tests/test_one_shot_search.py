@@ -16,7 +16,7 @@ from rampsearch.errors import UserError
 from rampsearch.report import build_report
 from rampsearch.retrain import run_retrain
 from rampsearch.search import SearchOptions, run_search
-from rampsearch.search.one_shot import SUPERNET_DIR
+from rampsearch.search.methods.one_shot import SUPERNET_DIR
 from rampsearch.supernet import SupernetError
 from test_search_e2e import CLI, RAY_ENV, TINY, ray_cluster  # noqa: F401 - the fixture
 

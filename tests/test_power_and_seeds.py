@@ -25,7 +25,7 @@ from rampsearch.config import TrainConfig
 from rampsearch.model_spec import ModelSpec, build_model
 from rampsearch.ramp import RampSchedule
 from rampsearch.report import build_report
-from rampsearch.report.sections import power_words
+from rampsearch.report.sections.summary import power_words
 from rampsearch.report.stats import Power, detectable_difference, power_of, seeds_needed
 from rampsearch.retrain import STOPPING, run_retrain
 from rampsearch.search import SearchOptions, run_search

@@ -24,6 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 from rampsearch.checkpoint import POINTER, save_checkpoint
 from rampsearch.errors import UserError
 from rampsearch.search import SearchOptions, ray_backend, run_search
+from rampsearch.search.ray_backend import searcher as ray_searcher, worker as ray_worker
 from rampsearch.search.progress import Progress
 from rampsearch.search.record import DUPLICATE, FAILED, OVER_BUDGET, PRUNED, TrialRecord
 from rampsearch.search.space import load_space
@@ -45,7 +46,7 @@ def _searcher(max_epochs: int = 2, seed: int = 0) -> ray_backend.RampOptunaSearc
 
 
 def _state(searcher, number: int) -> TrialState:
-    return trial_by_number(ray_backend._optuna_study(searcher), number).state
+    return trial_by_number(ray_searcher._optuna_study(searcher), number).state
 
 
 def test_optuna_search_internals_match_the_installed_ray():
@@ -54,38 +55,38 @@ def test_optuna_search_internals_match_the_installed_ray():
     run against real clusters in tests/test_faults_ray.py.)"""
     assert ray.__version__ == RAY_VERSION, "check ray_backend's OptunaSearch section against the new Ray, then update"
     searcher = _searcher()
-    assert isinstance(ray_backend._optuna_study(searcher), optuna.Study)
-    assert ray_backend._optuna_trial(searcher, "never") is None
+    assert isinstance(ray_searcher._optuna_study(searcher), optuna.Study)
+    assert ray_searcher._optuna_trial(searcher, "never") is None
 
     OptunaSearch.suggest(searcher, "a")
-    trial = ray_backend._optuna_trial(searcher, "a")
+    trial = ray_searcher._optuna_trial(searcher, "a")
     assert isinstance(trial, optuna.Trial)
-    ray_backend._reject(searcher, "a")  # the Tune trial id is free for a new candidate
-    assert ray_backend._optuna_trial(searcher, "a") is None and not ray_backend._is_done(searcher, "a")
+    ray_searcher._reject(searcher, "a")  # the Tune trial id is free for a new candidate
+    assert ray_searcher._optuna_trial(searcher, "a") is None and not ray_searcher._is_done(searcher, "a")
     assert _state(searcher, trial.number) == TrialState.PRUNED
 
     OptunaSearch.suggest(searcher, "b")
-    number = ray_backend._optuna_trial(searcher, "b").number
-    ray_backend._finish(searcher, "b", TrialState.PRUNED)
-    assert ray_backend._is_done(searcher, "b")
+    number = ray_searcher._optuna_trial(searcher, "b").number
+    ray_searcher._finish(searcher, "b", TrialState.PRUNED)
+    assert ray_searcher._is_done(searcher, "b")
     # OptunaSearch itself now ignores the trial: no second tell, no report on a finished trial
     OptunaSearch.on_trial_result(searcher, "b", {"top1": 1.0, "training_iteration": 1})
     OptunaSearch.on_trial_complete(searcher, "b", {"top1": 1.0})
     assert _state(searcher, number) == TrialState.PRUNED
 
     OptunaSearch.suggest(searcher, "c")
-    ray_backend._mark_done(searcher, "c")
+    ray_searcher._mark_done(searcher, "c")
     OptunaSearch.on_trial_complete(searcher, "c", {"top1": 1.0})
-    assert _state(searcher, ray_backend._optuna_trial(searcher, "c").number) == TrialState.RUNNING
+    assert _state(searcher, ray_searcher._optuna_trial(searcher, "c").number) == TrialState.RUNNING
 
     OptunaSearch.suggest(searcher, "d")
-    assert ray_backend._unfinished(searcher) == [ray_backend._optuna_trial(searcher, "d")]  # not b, nor c
+    assert ray_searcher._unfinished(searcher) == [ray_searcher._optuna_trial(searcher, "d")]  # not b, nor c
 
 
 def test_suggest_rejects_over_budget_candidates_with_their_record():
     searcher = _searcher()
     configs = [searcher.suggest(f"t{i}") for i in range(8)]
-    study = ray_backend._optuna_study(searcher)
+    study = ray_searcher._optuna_study(searcher)
     rejected = [t for t in study.get_trials() if TrialRecord.of(t).over_budget]
     assert rejected, "the tiny space's budget should reject some random candidates"
     for trial in rejected:
@@ -100,7 +101,7 @@ def test_suggest_rejects_over_budget_candidates_with_their_record():
 
 def test_suggest_rejects_a_duplicate_of_a_candidate_still_training():
     searcher = _searcher()
-    space, study = load_space(TINY), ray_backend._optuna_study(searcher)
+    space, study = load_space(TINY), ray_searcher._optuna_study(searcher)
     for _ in range(2):
         study.enqueue_trial(space.handset_params())  # proposed twice
     first, second = searcher.suggest("first"), searcher.suggest("second")
@@ -115,7 +116,7 @@ def test_suggest_rejects_a_duplicate_of_a_candidate_still_training():
 
 def test_suggest_answers_a_duplicate_of_a_finished_trial_with_its_score():
     searcher = _searcher(max_epochs=1)
-    space, study = load_space(TINY), ray_backend._optuna_study(searcher)
+    space, study = load_space(TINY), ray_searcher._optuna_study(searcher)
     first = searcher.suggest("first")
     epoch = {"top1": 40.0, "top5": 90.0, "loss": 1.0, "train_loss": 1.2, "time_total_s": 3.0, "top1_se": 2.5}
     searcher.on_trial_complete("first", {**epoch, "epoch": 1, "training_iteration": 1})
@@ -140,7 +141,7 @@ def test_searcher_records_asha_stops_completions_and_leaves_errors_to_the_callba
     searcher.on_trial_result("errored", {**epoch, "epoch": 1, "training_iteration": 1})
     searcher.on_trial_complete("errored", error=True)
 
-    study = ray_backend._optuna_study(searcher)
+    study = ray_searcher._optuna_study(searcher)
     trial = trial_by_number(study, stopped["number"])
     record = TrialRecord.of(trial)
     assert trial.state == TrialState.PRUNED and record.status == PRUNED
@@ -150,7 +151,7 @@ def test_searcher_records_asha_stops_completions_and_leaves_errors_to_the_callba
     assert trial.state == TrialState.COMPLETE and trial.value == 42.0 and record.status is None
     assert [(r["epoch"], r["top1"]) for r in record.history] == [(1, 41.0), (2, 42.0)] and record.duration_s == 3.0
     trial = trial_by_number(study, errored["number"])
-    assert trial.state == TrialState.RUNNING and ray_backend._is_done(searcher, "errored")  # StudyCallback fails it
+    assert trial.state == TrialState.RUNNING and ray_searcher._is_done(searcher, "errored")  # StudyCallback fails it
     assert [r["epoch"] for r in TrialRecord.of(trial).history] == [1]
 
 
@@ -167,8 +168,8 @@ def test_training_folder_is_aligned_with_tunes_checkpoint(tmp_path, monkeypatch,
     if tune_epoch is not None:
         _checkpoint(stored, tune_epoch)
     checkpoint = tune.Checkpoint.from_directory(str(stored)) if tune_epoch is not None else None
-    monkeypatch.setattr(ray_backend.tune, "get_checkpoint", lambda: checkpoint)
-    ray_backend._align_with_tune(folder)
+    monkeypatch.setattr(ray_worker.tune, "get_checkpoint", lambda: checkpoint)
+    ray_worker._align_with_tune(folder)
     if tune_epoch is None:
         assert not (folder / POINTER).exists() and not list(folder.glob("ckpt-*"))
     else:
@@ -183,8 +184,8 @@ def test_a_finished_training_is_kept_only_if_tune_has_its_last_epoch(tmp_path, m
     folder.mkdir(parents=True)
     (folder / "result.json").write_text(json.dumps({"epochs": 4}))
     _checkpoint(stored, tune_epoch)
-    monkeypatch.setattr(ray_backend.tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(str(stored)))
-    ray_backend._align_with_tune(folder)
+    monkeypatch.setattr(ray_worker.tune, "get_checkpoint", lambda: tune.Checkpoint.from_directory(str(stored)))
+    ray_worker._align_with_tune(folder)
     assert (folder / "result.json").exists() == kept  # else training resumes from Tune's epoch 3
     assert (folder / POINTER).exists() != kept
 
@@ -194,7 +195,7 @@ def test_staged_checkpoint_holds_only_the_current_epoch(tmp_path):
     _checkpoint(folder, 1)
     _checkpoint(folder, 2)
     (folder / "metrics.csv").write_text("epoch\n1\n2\n")
-    with ray_backend._staged_checkpoint(folder) as checkpoint:
+    with ray_worker._staged_checkpoint(folder) as checkpoint:
         staged = Path(checkpoint.path)
         assert sorted(p.name for p in staged.iterdir()) == [POINTER, "ckpt-2.model.safetensors",
                                                              "ckpt-2.state.safetensors"]
@@ -232,7 +233,7 @@ def _trainable_with_faults(config, **kwargs):
     """
     from ray import tune
 
-    backend = importlib.import_module("rampsearch.search.ray_backend")
+    backend = importlib.import_module("rampsearch.search.ray_backend.worker")
     if config["number"] != 0:
         raise RuntimeError("injected fault: this trial always fails")
     if tune.get_checkpoint() is None:
@@ -245,13 +246,13 @@ def _trainable_with_faults(config, **kwargs):
                 raise RuntimeError(f"injected fault after epoch {FAIL_AFTER_EPOCH}")
 
         tune.report = report_then_fail
-    backend._trainable(config, **kwargs)
+    backend.trainable(config, **kwargs)
 
 
 def _search_with_faults(space_file: str, run_dir: str) -> None:
     """The driver of `faulty_search`, run in its own process: a local Ray started by ray_backend.run."""
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray_backend._trainable = _trainable_with_faults
+    ray_worker.trainable = _trainable_with_faults
     ray_backend.run(load_space(space_file), Path(space_file), Path(run_dir),
                     SearchOptions(trials=2, study="tiny", cpus_per_trial=1), Progress(2, enabled=True))
 
@@ -298,7 +299,7 @@ def test_a_retry_on_another_node_resumes_from_tunes_checkpoint(faulty_search):
     assert [(r["epoch"], r["training_iteration"]) for r in rows] == [(e, e) for e in range(1, EPOCHS + 1)]
     assert [r["iterations_since_restore"] for r in rows] == [1, 2, 1, 2]
     assert rows[0]["pid"] == rows[1]["pid"] != rows[2]["pid"] == rows[3]["pid"]
-    folder = ray_backend.trial_folder(run_dir, 0)
+    folder = ray_worker.trial_folder(run_dir, 0)
     assert [row["epoch"] for row in json.loads((folder / "result.json").read_text())["history"]] == [1, 2, 3, 4]
     assert (folder / "metrics.csv").read_text().count("\n") == EPOCHS + 1
     # training and Tune both dropped the finished trial's checkpoints (no --keep-checkpoints)

@@ -22,8 +22,9 @@ from rampsearch.errors import UserError
 from rampsearch.report import RunData, build_report
 from rampsearch.report.document import Document
 from rampsearch.report.stats import detectable_difference
-from rampsearch.report.sections import (MIN_TRIALS_FOR_IMPORTANCE, TOP_TRIALS, best_so_far, history_figure,
-                                        retrain_name, top_trials)
+from rampsearch.report.sections.common import retrain_name
+from rampsearch.report.sections.search import (MIN_TRIALS_FOR_IMPORTANCE, TOP_TRIALS, best_so_far, history_figure,
+                                               top_trials)
 from rampsearch.search.space import load_space
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from rampsearch import Architecture, RampSchedule
-from rampsearch.search.parameterizations import PARAMETERIZATIONS, Knots
+from rampsearch.parameterizations import PARAMETERIZATIONS, Knots
 from rampsearch.search.space import SpaceError, check_budget, load_space, parse_space
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The weight-sharing supernet (rampsearch.supernet) and the one-shot method (rampsearch.search.one_shot).
+"""The weight-sharing supernet (rampsearch.supernet) and the one-shot method (rampsearch.search.methods.one_shot).
 
 Extraction is exact (logits, state_dict, FLOPs) for every parameterization and an architecture space;
 weights are shared by slicing with heads numbered from the end; the sandwich rule trains (the loss falls,
@@ -37,8 +37,8 @@ from rampsearch.flops import count_flops, estimate_flops, flops_model
 from rampsearch.models import build_iformer
 from rampsearch.models.inception_transformer import InceptionMixer, InceptionTransformer
 from rampsearch.ramp import RampError
-from rampsearch.search import one_shot
-from rampsearch.search.one_shot import (check_supernet, load_supernet, make_scorer, recalibrate_batchnorm,
+from rampsearch.search.methods import one_shot
+from rampsearch.search.methods.one_shot import (check_supernet, load_supernet, make_scorer, recalibrate_batchnorm,
                                         score_candidate, supernet_config)
 from rampsearch.search.space import SpaceError, parse_space
 from rampsearch.supernet import (RampSupernet, SharedMixer, Subnet, SupernetError, SupernetSpec,

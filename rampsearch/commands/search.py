@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..config import parse_set
-from ..search import SearchOptions, SearchOutcome, SearchShortfall, run_search
+from ..search import SearchOptions, SearchOutcome, SearchShortfall, methods, run_search
 from ..search.rdb import check_storage_url
 from ..search.score import Score
 from ..search.space import load_space
@@ -34,7 +34,7 @@ def add_search_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="ray: CPUs per trial (default 1)")
     parser.add_argument("--gpus-per-trial", type=float, default=0.0,
                         help="ray: GPUs per trial; fractions such as 0.25 pack several trials on one GPU")
-    parser.add_argument("--method", choices=["train", "one-shot"],
+    parser.add_argument("--method", choices=methods.names(),
                         help="how candidates are scored (default: the space's `method`, else train): train: a short "
                              "proxy training each; one-shot: on a weight-sharing supernet trained once")
     parser.add_argument("--supernet", metavar="DIR",

@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..search.one_shot import supernet_config, train_supernet
+    from ..search.methods.one_shot import supernet_config, train_supernet
     from ..search.space import load_space
     from ..train import preflight
 

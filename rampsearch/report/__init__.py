@@ -27,11 +27,12 @@ DIGEST_CHARS = 16  # hex characters of a SHA-256 kept in the metadata: enough to
 
 
 def report_code_digest() -> str:
-    """SHA-256 over this package's source files (name and bytes, in name order): which report code wrote a
-    report. The run metadata records it, so a committed report made by other code is caught."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    """SHA-256 over this package's source files, subpackages included (relative path and bytes, in path order):
+    which report code wrote a report. The run metadata records it, so a committed report made by other code is
+    caught."""
+    digest, package = hashlib.sha256(), Path(__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:DIGEST_CHARS]
 
 
@@ -109,12 +110,13 @@ def load_run_data(run_dir: Path, storage: str | None = None, target: str | None 
     """Read and check the run directory; a missing or unfinished run is a UserError naming what to do.
 
     `target`, `img_size`: which retraining (rampsearch.transfer.resolve_target)."""
-    from ..retrain import STOPPING
     from ..search.study import load_run
-    from ..transfer import resolve_target, retrain_command, retrain_dir
+    from ..sequential import STOPPING
+    from ..transfer import check_retraining_found, resolve_target, retrain_command, retrain_dir
 
     space, study = load_run(run_dir, storage)
     retrain = retrain_dir(run_dir, resolve_target(space, target, img_size))
+    check_retraining_found(run_dir, retrain, target)
     command = retrain_command(run_dir, target, img_size)
     results = _read_results(retrain / "results.csv", command)
     plan = _read_plan(retrain / "plan.json", command)

@@ -1,12 +1,13 @@
 """Ramp (and architecture) search under a FLOPs budget.
 
 The seams: `space` (what to search, from YAML, with its typed proxy/search/retrain settings;
-candidates and their budget), `parameterizations` (how a ramp becomes sampler parameters), `record`
+candidates and their budget; how a ramp becomes sampler parameters is rampsearch.parameterizations), `record`
 (what a trial stores), `study` (where trials live: storage, samplers, pruners, mending interrupted
-trials), `trial` (one proxy training through `train.fit`), the backends (`optuna_backend`,
-`ray_backend`: how trials are scheduled; they import the seams, never each other) and `results`
-(the run directory's files). A backend is a module with `run(space, space_file, run_dir, options,
-progress)` returning the Optuna study that holds its trials; register it in BACKENDS.
+trials), `methods` (how a candidate is scored: a proxy training, or on a supernet; one module per
+method behind one protocol), `trial` (one candidate, by the run's method), the backends
+(`optuna_backend`, `ray_backend`: how trials are scheduled; they import the seams, never each other)
+and `results` (the run directory's files). A backend is a module with `run(space, space_file,
+run_dir, options, progress)` returning the Optuna study that holds its trials; register it in BACKENDS.
 """
 from __future__ import annotations
 
@@ -29,13 +30,12 @@ from ..redact import redact, redact_command
 from .options import SearchOptions
 from .progress import Progress, counts
 from .record import FAILED, INTERRUPTED, TrialRecord
+from . import methods
 from .results import Standing, standing, write_outputs
-from .one_shot import SUPERNET_DIR
-from .space import ONE_SHOT, SearchSpace, check_budget, load_space
+from .space import SearchSpace, check_budget, load_space
 from .score import Score
 from .distinct import covers
 from .study import MAX_STALLED_PROPOSALS, interrupted_numbers, run_score, search_metadata, stalled_proposals
-from .trial import candidate_spec, train_config
 
 BACKENDS = {"optuna": "rampsearch.search.optuna_backend", "ray": "rampsearch.search.ray_backend"}
 
@@ -102,45 +102,14 @@ def write_metadata(run_dir: Path, options: SearchOptions, backend: str, space: S
 
 def preflight(space: SearchSpace, options: SearchOptions) -> None:
     """Check, once before the first trial, what would make every trial fail: device, recipe, data, memory
-    (and for one-shot, a --supernet folder that does not fit the space)."""
-    from ..train import preflight as check_training
-    from .one_shot import check_supernet, supernet_config
-
-    if options.method != ONE_SHOT:
-        check_training(train_config(space, candidate_spec(space, space.handset()), None, options.device))
-    elif options.supernet is None:
-        check_training(supernet_config(space, None, options.device))
-    else:
-        check_supernet(Path(options.supernet), space)
+    (and for one-shot, a --supernet folder that does not fit the space); `options`: as given
+    (SearchMethod.preflight)."""
+    methods.of_run(space, options).preflight(space, options)
 
 
 def _with_method(space: SearchSpace, options: SearchOptions) -> SearchOptions:
     """`options` with its method resolved: --method, else the space's."""
-    method = options.method or space.method
-    if options.supernet is not None and method != ONE_SHOT:
-        raise UserError(f"--supernet is for the one-shot method; this search uses method {method!r} "
-                        "(add --method one-shot, or set method: one-shot in the space)")
-    return dataclasses.replace(options, method=method)
-
-
-def _ensure_supernet(space: SearchSpace, options: SearchOptions, run_dir: Path, show_progress: bool,
-                     log: Callable[[str], None]) -> None:
-    """Train the run's supernet (or resume it, or find it finished) unless --supernet named one."""
-    from .one_shot import train_supernet
-
-    if Path(options.supernet) != run_dir / SUPERNET_DIR:
-        return
-    log(f"supernet: training in {options.supernet} ({space.supernet.epochs} epochs; a rerun resumes it)")
-    epochs = space.supernet.epochs
-
-    def epoch_line(epoch: int, metrics: dict[str, float]) -> None:  # a line per epoch, in a log file too
-        log(f"supernet: epoch {epoch}/{epochs}: hand-set sub-network loss {metrics['loss']:.4f}, "
-            f"top-1 {metrics['top1']:.2f}")
-
-    result = train_supernet(space, Path(options.supernet), options.device, quiet=not show_progress,
-                            on_epoch=epoch_line)
-    log(f"supernet: trained in {result.seconds:.0f}s; hand-set sub-network top-1 on the search split "
-        f"{result.final['top1']:.2f}%")
+    return dataclasses.replace(options, method=options.method or space.method)
 
 
 def _search_split(space: SearchSpace) -> dict[str, Any]:
@@ -222,15 +191,14 @@ def run_search(space_file: str | Path, run_dir: str | Path, options: SearchOptio
         log(f"resuming a search that ranks by {Score(resumed).short} (its study was created so), not by the "
             f"space's {space.score.short}")
         space = space.with_score(resumed)
-    options = _with_method(space, options)
+    given = _with_method(space, options)
+    method = methods.get(given.method)
+    options = method.resolve(given, run_dir)  # e.g. one-shot: RUN_DIR/supernet when --supernet is not given
     low, high, warning = check_budget(space)
-    preflight(space, options)
-    if options.method == ONE_SHOT and options.supernet is None:
-        options = dataclasses.replace(options, supernet=str(run_dir / SUPERNET_DIR))
+    preflight(space, given)
     budget = f"budget {space.budget.gflops} GFLOPs" if space.budget.gflops else "no FLOPs budget"
     log(f"space {space.name}: candidates span {low / 1e9:.4g}-{high / 1e9:.4g} GFLOPs at {space.img_size}px; "
-        f"{budget}; " + (f"{options.trials} candidates scored on a supernet" if options.method == ONE_SHOT
-                         else f"{options.trials} trials of {space.proxy.epochs} proxy epochs"))
+        f"{budget}; {method.plan(space, options.trials)}")
     grid = space.grid()
     log(f"ranked by {space.score.label} (search.score); " + (
         f"the budget admits {len(grid)} distinct candidates: the search stops early, complete, if it scores them all"
@@ -241,8 +209,7 @@ def run_search(space_file: str | Path, run_dir: str | Path, options: SearchOptio
     prepare_run_dir(space_file, run_dir, options.overrides)
     write_metadata(run_dir, options, backend, space)
     start = time.perf_counter()
-    if options.method == ONE_SHOT:
-        _ensure_supernet(space, options, run_dir, show_progress, log)
+    method.prepare(space, options, run_dir, show_progress, log)
     progress = Progress(options.trials, enabled=show_progress, score=space.score)
     try:
         study = import_module(BACKENDS[backend]).run(space, space_file, run_dir, options, progress)

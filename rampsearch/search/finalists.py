@@ -2,7 +2,8 @@
 
 The best of N noisy scores is biased upwards: the search's top trial is as likely the luckiest seed
 (or the luckiest draw of scoring images) as the best schedule. So before the top K are retrained,
-the best M distinct searched schedules (`retrain.rescore`, default 3 K) are scored again:
+the best M distinct searched schedules (`retrain.rescore`, default 3 K) are scored again, as the
+search's method says (`SearchMethod.rescore`, rampsearch.search.methods):
 
 - method train: `retrain.rescore_seeds` more proxy trainings each (seeds search.seed + 1, ...; on the
   search split, in RUN_DIR/rescore/trial-NNNN/seedS/, resumable), ranked by the mean over all seeds;
@@ -17,6 +18,7 @@ Each finalist says in `how` how it was chosen; the report prints that.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from dataclasses import dataclass
@@ -29,13 +31,10 @@ from optuna.trial import FrozenTrial
 from ..architecture import Architecture
 from ..model_spec import ModelSpec
 from ..ramp import RampSchedule
-from .record import ONE_SHOT, TrialRecord
+from . import methods
+from .record import TrialRecord
 from .results import ranked_searched
-from .score import paired_difference
 from .space import RetrainSettings, SearchSpace
-from .trial import run_trial, train_config
-
-RESCORE_DIR = "rescore"  # in the run directory
 
 
 @dataclass(frozen=True)
@@ -50,10 +49,11 @@ class Finalist:
         return statistics.fmean(self.scores)
 
     def spec(self, space: SearchSpace) -> ModelSpec:
-        return ModelSpec.iformer(*_model(self.record), space.img_size)
+        return ModelSpec.iformer(*model_of(self.record), space.img_size)
 
 
-def _model(record: TrialRecord) -> tuple[Architecture, RampSchedule]:
+def model_of(record: TrialRecord) -> tuple[Architecture, RampSchedule]:
+    """The searched architecture and ramp of a trial's record."""
     return Architecture.from_dict(record.architecture), RampSchedule(record.ramp)
 
 
@@ -79,65 +79,16 @@ def choose_finalists(run_dir: Path, space: SearchSpace, study: optuna.Study, set
     if len(pool) <= top or space.multi_objective:
         why = "the search's Pareto ranking" if space.multi_objective else "its search score (no runner-up to re-score)"
         return [Finalist(t, r, (t.values[0],), f"top {i + 1} by {why}") for i, (t, r) in enumerate(pool[:top])]
-    if method == ONE_SHOT:
-        finalists, separation = _rescore_on_supernet(pool, space, supernet, device, log)
-    elif settings.rescore_seeds:
-        finalists, separation = _rescore_by_seeds(pool, space, run_dir, settings.rescore_seeds, device, log)
-    else:
-        return [Finalist(t, r, (t.values[0],), f"top {i + 1} by its search score (retrain.rescore_seeds: 0)")
-                for i, (t, r) in enumerate(pool[:top])]
+    finalists, separation = methods.get(method).rescore(pool, space, run_dir, settings, supernet, device, log)
+    if separation is None:
+        return [dataclasses.replace(f, how=f"top {i + 1} by {f.how}") for i, f in enumerate(finalists[:top])]
     log(f"re-scored: {separation}")
     score = space.score
     return [Finalist(f.trial, f.record, f.scores, f"{f.how}: {score.format(f.score)}, ranked {i + 1} of {len(pool)}"
                      + (f"; {separation}" if i == 0 else ""))
-            for i, f in enumerate(_by_score(finalists, space)[:top])]
+            for i, f in enumerate(by_score(finalists, space)[:top])]
 
 
-def _by_score(finalists: list[Finalist], space: SearchSpace) -> list[Finalist]:
+def by_score(finalists: list[Finalist], space: SearchSpace) -> list[Finalist]:
+    """Best first by the searched score; ties by trial number."""
     return sorted(finalists, key=lambda f: (space.score.sort_key(f.score), f.trial.number))
-
-
-def _rescore_by_seeds(pool: list[tuple[FrozenTrial, TrialRecord]], space: SearchSpace, run_dir: Path, seeds: int,
-                      device: str, log: Callable[[str], None]) -> tuple[list[Finalist], str]:
-    """Each of `pool` with `seeds` more proxy trainings, and how the best compares with the runner-up over the
-    seeds they share (every trial of a search trains with search.seed, and each re-score seed is the same)."""
-    out, metric = [], space.score.metric
-    for trial, record in pool:
-        scores = [trial.values[0]]
-        spec = ModelSpec.iformer(*_model(record), space.img_size)
-        for extra in range(1, seeds + 1):
-            seed = space.search.seed + extra
-            folder = run_dir / RESCORE_DIR / f"trial-{trial.number:04d}" / f"seed{seed}"
-            log(f"re-scoring trial {trial.number} with proxy seed {seed}")
-            scores.append(run_trial(train_config(space, spec, folder, device, seed=seed),
-                                    report=lambda epoch, metrics: None)[metric])
-        out.append(Finalist(trial, record, tuple(scores), f"one of the best {len(pool)} searched; mean "
-                                                          f"{space.score.short} over {len(scores)} seeds"))
-    best, runner_up = _by_score(out, space)[:2]
-    d = paired_difference(best.scores, runner_up.scores)  # the same paired t, over seeds instead of images
-    verdict = ("distinguishable" if d.distinguishable else
-               "not distinguishable at this many seeds: the ranking between them is noise")
-    return out, (f"best (trial {best.trial.number}) minus runner-up (trial {runner_up.trial.number}): "
-                 f"{d.difference:+.4g} {space.score.short}, 95% CI [{d.ci_low:+.4g}, {d.ci_high:+.4g}] over "
-                 f"{d.images} paired seeds: {verdict}")
-
-
-def _rescore_on_supernet(pool: list[tuple[FrozenTrial, TrialRecord]], space: SearchSpace, supernet: str | None,
-                         device: str, log: Callable[[str], None]) -> tuple[list[Finalist], str]:
-    """Each of `pool` scored again on the whole search split, and how the best compares with the runner-up
-    image by image (the same images: what both get right or wrong alike cancels)."""
-    from ..train import resolve_device
-    from .one_shot import ALL_IMAGES, make_scorer
-
-    scorer = make_scorer(space, Path(supernet), resolve_device(device), score_images=ALL_IMAGES)
-    metric = space.score.metric
-    how = f"one of the best {len(pool)} searched; supernet {space.score.short} on all {scorer.images} search-split images"
-    log(f"re-scoring the best {len(pool)} searched schedules on all {scorer.images} search-split images")
-    scored = {t.number: scorer.score(space.candidate(*_model(r))) for t, r in pool}
-    out = [Finalist(t, r, (scored[t.number].metrics[metric],), how) for t, r in pool]
-    best, runner_up = _by_score(out, space)[:2]
-    d = paired_difference(scored[best.trial.number].per_image(metric), scored[runner_up.trial.number].per_image(metric))
-    verdict = "distinguishable" if d.distinguishable else "not distinguishable on these images: a tie in all but name"
-    return out, (f"best (trial {best.trial.number}) minus runner-up (trial {runner_up.trial.number}): "
-                 f"{d.difference:+.4g} {space.score.short}, 95% CI [{d.ci_low:+.4g}, {d.ci_high:+.4g}] over "
-                 f"{d.images} paired images: {verdict}")

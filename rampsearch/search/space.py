@@ -7,19 +7,19 @@ NSGA-II and GP samplers use to steer away from over-budget regions.
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..architecture import VARIANTS, Architecture, ArchitectureError
+from ..architecture import VARIANTS, ArchChoices, Architecture, ArchitectureError
 from ..errors import UserError, read_yaml_mapping
 from ..flops import flops_model
 from ..ramp import RampSchedule, allowed_high_heads
 from ..sequential import AUTO, MIN_SEEDS
-from .parameterizations import PARAMETERIZATIONS, Knots, Parameterization
-from .record import ONE_SHOT, OVER_BUDGET, TRAIN, CandidateKey, TrialRecord, candidate_key
-from .score import LOSS, METRICS as SCORES, TOP1, Score
+from ..parameterizations import PARAMETERIZATIONS, Knots, Parameterization
+from . import methods
+from .record import OVER_BUDGET, CandidateKey, TrialRecord, candidate_key
+from .score import METRICS as SCORES, TOP1, Score
 
 SAMPLERS = ("tpe", "nsga2", "gp", "cmaes", "random")
 PRUNERS = ("median", "hyperband", "none")
@@ -29,9 +29,6 @@ TOP_KEYS = {"name", "architecture", "img_size", "ramp", "search_architecture", "
             "method", "proxy", "supernet", "search", "retrain", "target"}
 ARCHITECTURE_KEYS = {"variant", "depths", "embed_dims", "head_dim", "mlp_ratio", "pool_sizes"}
 TARGET_KEYS = {"name", *ARCHITECTURE_KEYS, "img_size", "budget"}
-# How a candidate is scored: a short standalone training (`proxy:`), or on a weight-sharing supernet
-# trained once for the whole space (`supernet:`, rampsearch.supernet).
-METHODS = (TRAIN, ONE_SHOT)
 # Where retraining starts: random weights, or those a supernet's sub-network inherits.
 SCRATCH, SUPERNET = "scratch", "supernet"
 INITS = (SCRATCH, SUPERNET)
@@ -90,52 +87,6 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class ArchChoices:
-    """Per-stage ranges/choices of the architecture search; None keeps the base architecture's value."""
-
-    depths: tuple[tuple[int, int], ...] | None = None  # (min, max) per stage
-    embed_dims: tuple[tuple[int, ...], ...] | None = None  # choices per stage
-    mlp_ratio: tuple[float, ...] | None = None
-    pool_sizes: tuple[tuple[int, ...], ...] | None = None  # choices per stage
-
-    def suggest(self, trial: Any, base: Architecture) -> Architecture:
-        depths = (tuple(trial.suggest_int(f"depth_{s + 1}", lo, hi) for s, (lo, hi) in enumerate(self.depths))
-                  if self.depths else base.depths)
-        dims = (tuple(trial.suggest_categorical(f"dim_{s + 1}", list(c)) for s, c in enumerate(self.embed_dims))
-                if self.embed_dims else base.embed_dims)
-        mlp = trial.suggest_categorical("mlp_ratio", list(self.mlp_ratio)) if self.mlp_ratio else base.mlp_ratio
-        pools = (tuple(trial.suggest_categorical(f"pool_{s + 1}", list(c)) for s, c in enumerate(self.pool_sizes))
-                 if self.pool_sizes else base.pool_sizes)
-        return Architecture(depths, dims, base.head_dim, mlp, pools)
-
-    def params_of(self, arch: Architecture) -> dict[str, Any]:
-        params: dict[str, Any] = {}
-        if self.depths:
-            params.update({f"depth_{s + 1}": d for s, d in enumerate(arch.depths)})
-        if self.embed_dims:
-            params.update({f"dim_{s + 1}": d for s, d in enumerate(arch.embed_dims)})
-        if self.mlp_ratio:
-            params["mlp_ratio"] = arch.mlp_ratio
-        if self.pool_sizes:
-            params.update({f"pool_{s + 1}": p for s, p in enumerate(arch.pool_sizes)})
-        return params
-
-    def architectures(self, base: Architecture) -> list[tuple[Architecture, Architecture]]:
-        """(shallowest, deepest) architecture per combination of widths, MLP ratio and pooling."""
-        depths = self.depths or tuple((d, d) for d in base.depths)
-        dims = self.embed_dims or tuple((d,) for d in base.embed_dims)
-        pools = self.pool_sizes or tuple((p,) for p in base.pool_sizes)
-        out = []
-        for mlp in self.mlp_ratio or (base.mlp_ratio,):
-            for d in itertools.product(*dims):
-                for p in itertools.product(*pools):
-                    shallow = Architecture(tuple(lo for lo, _ in depths), d, base.head_dim, mlp, p)
-                    deep = Architecture(tuple(hi for _, hi in depths), d, base.head_dim, mlp, p)
-                    out.append((shallow, deep))
-        return out
-
-
-@dataclass(frozen=True)
 class ProxySettings:
     """How each candidate is scored: a short training (`proxy:` in the space)."""
 
@@ -169,7 +120,7 @@ class SearchSettings:
     sampler: str = "tpe"
     pruner: str = "median"
     seed: int = 0
-    score: str = TOP1  # what candidates are ranked by (rampsearch.search.score); parsed: loss for one-shot
+    score: str = TOP1  # what candidates are ranked by (rampsearch.search.score); parsed: the method's default_score
 
 
 @dataclass(frozen=True)
@@ -232,7 +183,7 @@ class SearchSpace:
     supernet: SupernetSettings  # used by method one-shot
     retrain: RetrainSettings = RetrainSettings()
     source: str = ""
-    method: str = TRAIN
+    method: str = methods.DEFAULT  # how a candidate is scored (rampsearch.search.methods)
     target: Target | None = None  # where `retrain` deploys the searched ramps; None: the searched architecture
 
     def proxy_recipe(self) -> Any:
@@ -501,7 +452,7 @@ def _proxy_settings(data: Any, source: str, base: Architecture, overrides: dict[
 
 def _search_settings(data: Any, source: str, multi_objective: bool, method: str) -> SearchSettings:
     search = _mapping(data, source, "search", {"trials", "sampler", "pruner", "seed", "score"})
-    settings = SearchSettings(sampler="nsga2" if multi_objective else "tpe", score=LOSS if method == ONE_SHOT else TOP1)
+    settings = SearchSettings(sampler="nsga2" if multi_objective else "tpe", score=methods.get(method).default_score)
     settings = replace(settings, **search)
     _integer(settings.trials, source, "search.trials")
     _integer(settings.seed, source, "search.seed", minimum=0)
@@ -594,9 +545,9 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "search"
         raise _err(source, "objectives", f"'accuracy' (the searched score) must come first, got {objectives!r}; "
                                          f"write {['accuracy'] + [o for o in objectives if o != 'accuracy']!r}")
 
-    method = data.get("method", TRAIN)
-    if method not in METHODS:
-        raise _err(source, "method", f"{method!r} is not one of {list(METHODS)}")
+    method = data.get("method", methods.DEFAULT)
+    if method not in methods.names():
+        raise _err(source, "method", f"{method!r} is not one of {list(methods.names())}")
     proxy = _proxy_settings(data.get("proxy"), source, base, overrides)
     space = SearchSpace(
         name=str(data.get("name", default_name)), base=base, img_size=img_size, parameterization=parameterization,
@@ -607,15 +558,7 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "search"
         retrain=parse_retrain_settings(data.get("retrain"), source), source=source, method=method,
         supernet=_supernet_settings(data.get("supernet"), source, proxy),
         target=parse_target(data["target"], source) if data.get("target") is not None else None)
-    if method == ONE_SHOT:  # a space a supernet cannot run fails here, naming the key
-        from ..ramp import RampError
-        from ..supernet import Subnet
-
-        try:
-            space.supernet_spec().check(Subnet(base, RampSchedule.handset(base)))
-        except RampError as exc:
-            raise _err(source, "ramp.range", f"the hand-set ramp, every search's first trial and the supernet's "
-                                             f"yardstick, is outside it: {exc}; widen the range") from None
+    methods.get(method).check_space(space)
     return space
 
 

@@ -1,5 +1,5 @@
-"""One search trial: a candidate's proxy training through the one training function, `train.fit`, or
-(method one-shot) its score on the space's supernet (rampsearch.search.one_shot).
+"""One search trial: a candidate scored by the run's method (rampsearch.search.methods), e.g. a proxy
+training through the one training function, `train.fit`, or its score on the space's supernet.
 
 Backends differ only in how they report per-epoch metrics (Optuna: trial.report + pruning,
 Ray: tune.report + ASHA); they pass that as `report(epoch, metrics)`, which may raise to stop.
@@ -7,14 +7,14 @@ Ray: tune.report + ASHA); they pass that as `report(epoch, metrics)`, which may 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..config import SEARCH
 from ..model_spec import ModelSpec
+from . import methods
+from .methods import Report
 from .options import SearchOptions
-from .space import ONE_SHOT, Candidate, SearchSpace
-
-Report = Callable[[int, dict[str, float]], None]
+from .space import Candidate, SearchSpace
 
 
 def trial_folder(run_dir: Path, number: int) -> Path:
@@ -74,19 +74,12 @@ def train_config(space: SearchSpace, spec: ModelSpec, out_dir: Path | None, devi
 
 def evaluate_candidate(space: SearchSpace, candidate: Candidate, run_dir: Path, folder: int, options: SearchOptions,
                        report: Report | None) -> dict[str, Any]:
-    """Score a candidate by the run's method (`options`: resolved SearchOptions): one-shot on the supernet,
-    else a proxy training in its trial folder. Returns the final metrics, `history` and `seconds`."""
-    if options.method == ONE_SHOT:
-        from ..train import resolve_device
-        from .one_shot import score_candidate
-
-        return score_candidate(space, Path(options.supernet), candidate, resolve_device(options.device))
-    config = train_config(space, candidate_spec(space, candidate), trial_folder(run_dir, folder), options.device,
-                          keep_checkpoints=options.keep_checkpoints)
-    return run_trial(config, report)
+    """Score a candidate by the run's method (methods.of_run), in trial folder `folder`.
+    Returns the final metrics, `history` and `seconds`."""
+    return methods.of_run(space, options).evaluate(space, candidate, run_dir, folder, options, report)
 
 
-def run_trial(config: dict[str, Any], report: Report) -> dict[str, Any]:
+def run_trial(config: dict[str, Any], report: Report | None) -> dict[str, Any]:
     """Train once (fit raises TrainingDiverged on a NaN loss); return the final metrics, `history`, `seconds`."""
     from ..train import fit
 

@@ -5,6 +5,8 @@ schedule back into the sampler's numbers (`params_of`), which is how the hand-se
 enqueued as the first trial. Ratios are drawn in [low, high] and snapped to whole heads. Where the
 ramps it can build are few enough to list, `grid` lists them (a search that has scored them all is
 complete); None where they are not (knots and monotone ramps: no simple product of choices).
+They live beside the ramp, not in the search, because the supernet (rampsearch.supernet) samples
+its sub-networks' ramps with them too.
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ import itertools
 import math
 from typing import Protocol
 
-from ..architecture import Architecture
-from ..ramp import ContinuousRamp, RampSchedule
+from .architecture import Architecture
+from .ramp import ContinuousRamp, RampSchedule
 
 
 class Suggester(Protocol):
