@@ -93,7 +93,8 @@ SMOKE = Sizes(device="cpu", space="tests/data/tiny_space.yaml", one_shot_space="
               trials=2, train_args=["--variant", "nano", "--img-size", "32", "--epochs", "1",
                                     "--set", "synthetic_train_per_class=8", "--set", "synthetic_val_per_class=4",
                                     "--set", "batch_size=16"],
-              tests=["tests/test_data_cache.py"], test_filter="not processes_building",
+              # one test that trains on TEST_DEVICE: the step's wiring (CI runs the whole suite just before)
+              tests=["tests/test_data_cache.py"], test_filter="training_on_a_cached_folder",
               throughput_args=["--cases", "nano", "--img-size", "32", "--batches", "8", "--precisions", "fp32",
                                "--no-compile", "--steps", "1", "--warmup", "1"],
               packing=[1], data_args=["--images", "120", "--epochs", "1", "--seeds", "1", "--repeats", "1",

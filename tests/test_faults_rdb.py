@@ -27,7 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 import pg  # tests/pg.py
 from rampsearch import cli
 from rampsearch.search import rdb
-from rampsearch.search import trial as search_trial
+from rampsearch.search.methods import proxy as proxy_method
 from rampsearch.search.rdb import DatabaseUnavailable, OutageTolerantStorage, transient_error
 from rampsearch.search.record import TrialRecord
 
@@ -165,13 +165,13 @@ def test_an_outage_longer_than_the_bound_fails_in_one_line_and_the_storage_recov
 def test_the_cli_stops_in_one_line_when_the_database_stays_away(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(rdb, "DB_OUTAGE_S", SHORT_BOUND_S)
     with pg.running_server() as server:
-        train = search_trial.run_trial
+        train = proxy_method.run_trial
 
         def database_stops_as_training_starts(*args: Any, **kwargs: Any) -> Any:
             server.stop("fast")
             return train(*args, **kwargs)
 
-        monkeypatch.setattr(search_trial, "run_trial", database_stops_as_training_starts)
+        monkeypatch.setattr(proxy_method, "run_trial", database_stops_as_training_starts)  # where the method calls it
         began = time.monotonic()
         with pytest.raises(SystemExit) as info:
             cli.main(["search", str(TINY), "--storage", server.url, "--study", STUDY, "--trials", "2",

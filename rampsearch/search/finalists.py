@@ -23,7 +23,7 @@ import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial
@@ -34,6 +34,7 @@ from ..ramp import RampSchedule
 from . import methods
 from .record import TrialRecord
 from .results import ranked_searched
+from .score import paired_difference
 from .space import RetrainSettings, SearchSpace
 
 
@@ -92,3 +93,16 @@ def choose_finalists(run_dir: Path, space: SearchSpace, study: optuna.Study, set
 def by_score(finalists: list[Finalist], space: SearchSpace) -> list[Finalist]:
     """Best first by the searched score; ties by trial number."""
     return sorted(finalists, key=lambda f: (space.score.sort_key(f.score), f.trial.number))
+
+
+
+def best_vs_runner_up(finalists: list[Finalist], space: SearchSpace, values: Callable[[Finalist], Sequence[float]],
+                      unit: str, tie: str) -> str:
+    """How the best finalist compares with the runner-up: the paired difference of their `values` (per image or
+    per seed, `unit`), its 95% CI, and whether it is distinguishable (else `tie`, which says what that means)."""
+    best, runner_up = by_score(finalists, space)[:2]
+    d = paired_difference(values(best), values(runner_up))
+    verdict = "distinguishable" if d.distinguishable else tie
+    return (f"best (trial {best.trial.number}) minus runner-up (trial {runner_up.trial.number}): "
+            f"{d.difference:+.4g} {space.score.short}, 95% CI [{d.ci_low:+.4g}, {d.ci_high:+.4g}] over "
+            f"{d.images} paired {unit}: {verdict}")

@@ -31,10 +31,10 @@ from ...data import data_identity
 from ...model_spec import ModelSpec
 from ...ramp import RampError, RampSchedule
 from ...supernet import RampSupernet, Subnet, SupernetError, SupernetSpec
-from ..finalists import Finalist, by_score, model_of
+from ..finalists import Finalist, best_vs_runner_up, model_of
 from ..options import SearchOptions
 from ..record import ONE_SHOT
-from ..score import LOSS, paired_difference
+from ..score import LOSS
 from ..space import Candidate, RetrainSettings, SearchSpace, SpaceError
 from ..trial import train_config
 from . import Pool, Report, Words
@@ -281,14 +281,8 @@ class OneShot:
         log(f"re-scoring the best {len(pool)} searched schedules on all {scorer.images} search-split images")
         scored = {t.number: scorer.score(space.candidate(*model_of(r))) for t, r in pool}
         out = [Finalist(t, r, (scored[t.number].metrics[metric],), how) for t, r in pool]
-        best, runner_up = by_score(out, space)[:2]
-        d = paired_difference(scored[best.trial.number].per_image(metric),
-                              scored[runner_up.trial.number].per_image(metric))
-        verdict = ("distinguishable" if d.distinguishable else
-                   "not distinguishable on these images: a tie in all but name")
-        return out, (f"best (trial {best.trial.number}) minus runner-up (trial {runner_up.trial.number}): "
-                     f"{d.difference:+.4g} {space.score.short}, 95% CI [{d.ci_low:+.4g}, {d.ci_high:+.4g}] over "
-                     f"{d.images} paired images: {verdict}")
+        return out, best_vs_runner_up(out, space, lambda f: scored[f.trial.number].per_image(metric), "images",
+                                      "not distinguishable on these images: a tie in all but name")
 
 
 METHOD = OneShot()

@@ -14,10 +14,10 @@ from typing import Any, Callable
 
 from ...errors import UserError
 from ...model_spec import ModelSpec
-from ..finalists import Finalist, by_score, model_of
+from ..finalists import Finalist, best_vs_runner_up, model_of
 from ..options import SearchOptions
 from ..record import TRAIN
-from ..score import TOP1, paired_difference
+from ..score import TOP1
 from ..space import Candidate, RetrainSettings, SearchSpace
 from ..trial import candidate_spec, run_trial, train_config, trial_folder
 from . import Pool, Report, Words
@@ -83,13 +83,8 @@ class ProxyTraining:
                                         report=lambda epoch, metrics: None)[metric])
             out.append(Finalist(trial, record, tuple(scores), f"one of the best {len(pool)} searched; mean "
                                                               f"{space.score.short} over {len(scores)} seeds"))
-        best, runner_up = by_score(out, space)[:2]
-        d = paired_difference(best.scores, runner_up.scores)  # the same paired t, over seeds instead of images
-        verdict = ("distinguishable" if d.distinguishable else
-                   "not distinguishable at this many seeds: the ranking between them is noise")
-        return out, (f"best (trial {best.trial.number}) minus runner-up (trial {runner_up.trial.number}): "
-                     f"{d.difference:+.4g} {space.score.short}, 95% CI [{d.ci_low:+.4g}, {d.ci_high:+.4g}] over "
-                     f"{d.images} paired seeds: {verdict}")
+        return out, best_vs_runner_up(out, space, lambda f: f.scores, "seeds",  # the same paired t, over seeds
+                                      "not distinguishable at this many seeds: the ranking between them is noise")
 
 
 METHOD = ProxyTraining()
