@@ -6,6 +6,7 @@ runs the same steps on the CPU at tiny sizes (about 3 minutes on 2 cores), and C
 
     .venv/bin/python benchmarks/gpu_suite.py --download-wheels .whl  # here, before a GPU session
     python3 benchmarks/gpu_suite.py --wheels .whl .whl-1 --out "$OUT"   # on the GPU machine
+    python3 benchmarks/gpu_suite.py --wheels .whl .whl-1 --only tests train torchrun search --out "$OUT"
     .venv/bin/python benchmarks/gpu_suite.py --smoke --out runs/gpu-smoke     # here, and in CI
 
 Carrying the wheels: a device call carries at most 64 MiB, and Ray's wheel alone is 79 MB. So
@@ -13,6 +14,9 @@ Carrying the wheels: a device call carries at most 64 MiB, and Ray's wheel alone
 k-th in DIR-k (add them to .git/info/exclude). Carry DIR in one call (its command can be `true`),
 then DIR-1 in the next call right after (the machine keeps the first call's ignored files while it is
 warm, 30 s): `--wheels DIR DIR-1` joins the parts and installs.
+
+A device call runs 10 minutes at most; if the whole suite does not fit one, `--only STEP...` splits it
+(e.g. tests, train, torchrun and search in one call; demo, throughput, packing and data in the next).
 
 Steps (each a subprocess with a time limit; a failing step is recorded and the next one runs):
 
@@ -59,6 +63,7 @@ MISSING_ON_GPU = {
     "ray": ["ray==2.60.0", "jsonschema", "jsonschema-specifications", "referencing", "rpds-py", "tensorboardX"],
 }
 SITE = Path("/tmp/rampsearch-site")  # where carried wheels are installed on the GPU machine
+STEPS = ("tests", "train", "torchrun", "search", "search-optuna", "search-ray", "demo", "throughput", "packing", "data")
 CARRY_PART_MIB = 40  # wheels are cut into parts of this size: each call's carry stays under 64 MiB
 # Tests that train or score on TEST_DEVICE (tests/devices.py); the rest never touch a device.
 DEVICE_TESTS = ["tests/test_train.py", "tests/test_supernet.py", "tests/test_data_cache.py",
@@ -115,11 +120,15 @@ class Step:
 class Suite:
     """Runs the steps in order, each logged to out/logs/NAME.log, and keeps what they report."""
 
-    def __init__(self, out: Path, sizes: Sizes, env: dict[str, str]) -> None:
-        self.out, self.sizes, self.env, self.steps = out, sizes, env, []
+    def __init__(self, out: Path, sizes: Sizes, env: dict[str, str], only: list[str]) -> None:
+        self.out, self.sizes, self.env, self.only, self.steps = out, sizes, env, only, []
         (out / "logs").mkdir(parents=True, exist_ok=True)
 
-    def run(self, name: str, command: list[str], parse_json: bool = False, env: dict[str, str] | None = None) -> Step:
+    def run(self, name: str, command: list[str], parse_json: bool = False,
+            env: dict[str, str] | None = None) -> Step | None:
+        """Run step `name` (unless --only leaves it out: then None)."""
+        if self.only and not any(name == o or name.startswith(o + "-") for o in self.only):
+            return None
         step = Step(name, command)
         log_file = self.out / "logs" / f"{name}.log"
         print(f"[{name}] {shlex.join(command)}", flush=True)
@@ -219,9 +228,9 @@ def download_wheels(folder: Path) -> None:
         print(f"{target}: {len(list(target.glob('*')))} files, {size:.1f} MiB (carry each in its own device call)")
 
 
-def run_suite(sizes: Sizes, out: Path, env: dict[str, str]) -> bool:
+def run_suite(sizes: Sizes, out: Path, env: dict[str, str], only: list[str]) -> bool:
     py, cli, device = sys.executable, [sys.executable, "cli.py"], sizes.device
-    suite = Suite(out, sizes, env)
+    suite = Suite(out, sizes, env, only)
     runs = out / "runs"
     facts = {"date": time.strftime("%Y-%m-%d %H:%M"), "smoke": sizes is SMOKE, "python": platform.python_version()}
     probe = subprocess.run([py, "-c", "import json, torch; print(json.dumps({'torch': torch.__version__, "
@@ -280,6 +289,8 @@ def main() -> None:
     parser.add_argument("--wheels", type=Path, nargs="+", default=[],
                         help="folders of wheels (and cut parts) for what the GPU image lacks")
     parser.add_argument("--download-wheels", type=Path, metavar="DIR", help="fetch those wheels into DIR and exit")
+    parser.add_argument("--only", nargs="+", default=[], metavar="STEP", choices=STEPS,
+                        help="run these steps only (e.g. to split the suite over two device calls of 10 minutes)")
     parser.add_argument("--pack", type=int, help=argparse.SUPPRESS)  # the packing step's own worker
     parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -290,7 +301,7 @@ def main() -> None:
         pack(args.pack, args.device, args.out, args.smoke)
         return
     env = install(args.wheels)
-    sys.exit(0 if run_suite(SMOKE if args.smoke else GPU, args.out, env) else 1)
+    sys.exit(0 if run_suite(SMOKE if args.smoke else GPU, args.out, env, args.only) else 1)
 
 
 if __name__ == "__main__":
