@@ -49,11 +49,11 @@ RENDER = 128  # synthetic-freq rendered at this size, then resized to PHOTO
 VAL_SHARE = 0.2  # of the generated images, in val/
 
 
-def make_folder(root: Path, images: int) -> Path:
-    """`images` JPEGs of synthetic-freq's 16 classes in root/train and root/val (VAL_SHARE of them)."""
+def make_folder(root: Path, images: int, low: int = 4, high: int = 4) -> Path:
+    """`images` JPEGs of synthetic-freq's low x high classes in root/train and root/val (VAL_SHARE of them)."""
     if (root / "done").exists():
         return root
-    pixels, labels = synthetic_freq(4, 4, images, RENDER, 7, "train")
+    pixels, labels = synthetic_freq(low, high, images, RENDER, 7, "train")
     for i, (image, label) in enumerate(zip(pixels.permute(0, 2, 3, 1).numpy(), labels.tolist())):
         split = "val" if i % round(1 / VAL_SHARE) == 0 else "train"
         path = root / split / f"class{label:02d}" / f"{i:05d}.jpg"
@@ -93,6 +93,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=2000, help="JPEGs to generate (train + val)")
     parser.add_argument("--img-size", type=int, default=64)
+    parser.add_argument("--classes", default="4x4", metavar="LOWxHIGH",
+                        help="synthetic-freq's layout x orientation classes (4x1: the layouts alone, which survive "
+                             "the resizing; the fine gratings mostly do not)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of each proxy trial")
     parser.add_argument("--seeds", type=int, default=2, help="proxy trials per path")
     parser.add_argument("--repeats", type=int, default=3, help="loader passes per path (median reported)")
@@ -106,10 +109,12 @@ def main() -> None:
     os.environ["RAMPSEARCH_CACHE_DIR"] = str(work / "cache")
     out: dict = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_model(), "cores": os.cpu_count(),
                  "threads": args.threads, "device": args.device, "python": platform.python_version(),
-                 "torch": torch.__version__, "images": args.images, "photo": list(PHOTO), "img_size": args.img_size}
+                 "torch": torch.__version__, "images": args.images, "classes": args.classes, "photo": list(PHOTO),
+                 "img_size": args.img_size}
     out["matmul_gflops"] = round(matmul_gflops(), 1)
     started = time.perf_counter()
-    root = make_folder(work / "photos", args.images)
+    low, high = (int(n) for n in args.classes.split("x"))
+    root = make_folder(work / f"photos-{args.classes}", args.images, low, high)
     out["generate_seconds"] = round(time.perf_counter() - started, 1)
     recipe = {cache: load_recipe("proxy", {"data_cache": cache}) for cache in ("off", "on")}
     started = time.perf_counter()
