@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# What the GPU image lacks, as the device notes list its packages (../.library/device/KINDS.md): the
+# What the GPU image lacks, as the device tool's notes on the lent machine list its packages: the
 # import name and the distributions `--download-wheels` fetches for it (Python 3.12, manylinux x86-64).
 MISSING_ON_GPU = {
     "optuna": ["optuna==5.0.0", "alembic", "sqlalchemy", "mako", "colorlog", "greenlet"],

@@ -48,12 +48,16 @@ class Normalize:
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean = torch.tensor(mean).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std).view(1, 3, 1, 1) * 255
+        self._on: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # copies per device: no copy per batch
 
     def __repr__(self) -> str:
         return f"Normalize(mean={(self.mean / 255).flatten().tolist()}, std={(self.std / 255).flatten().tolist()})"
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return (images.float() - self.mean.to(images.device)) / self.std.to(images.device)
+        if images.device not in self._on:
+            self._on[images.device] = (self.mean.to(images.device), self.std.to(images.device))
+        mean, std = self._on[images.device]
+        return (images.float() - mean) / std
 
 
 class CenterCrop:
