@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rampsearch import Architecture, RampSchedule, build_iformer, count_flops, estimate_flops  # noqa: E402
 from rampsearch.flops import flops_model  # noqa: E402
-from rampsearch.search.space import load_space  # noqa: E402
+from rampsearch.search.load import load_space  # noqa: E402
 
 
 def rate(fn, n: int, repeats: int = 5) -> float:

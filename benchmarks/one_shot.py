@@ -50,8 +50,9 @@ from rampsearch.model_spec import ModelSpec  # noqa: E402
 from rampsearch.ramp import RampSchedule  # noqa: E402
 from rampsearch.report.stats import (kendall_tau, split_half_reliability, tau_bootstrap_ci,  # noqa: E402
                                      tau_ceiling)
+from rampsearch.search.load import load_space  # noqa: E402
 from rampsearch.search.methods.one_shot import ALL_IMAGES, Scorer, make_scorer, train_supernet  # noqa: E402
-from rampsearch.search.space import Candidate, SearchSpace, load_space  # noqa: E402
+from rampsearch.search.space import Candidate, SearchSpace  # noqa: E402
 from rampsearch.search.trial import run_trial, train_config  # noqa: E402
 
 THREADS = 1  # one core for this run; the machine's other core belongs to someone else's work

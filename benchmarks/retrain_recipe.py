@@ -38,7 +38,7 @@ from rampsearch.machine import cpu_model, matmul_gflops  # noqa: E402
 from rampsearch.model_spec import ModelSpec  # noqa: E402
 from rampsearch.ramp import RampSchedule  # noqa: E402
 from rampsearch.report.stats import detectable_difference, mean_std  # noqa: E402
-from rampsearch.search.space import load_space  # noqa: E402
+from rampsearch.search.load import load_space  # noqa: E402
 from rampsearch.search.trial import run_trial, train_config  # noqa: E402
 
 THREADS = 1

@@ -21,7 +21,7 @@ from typing import Any
 from .checkpoint import RESULT, load_weights, read_json
 from .errors import UserError
 from .model_spec import IFORMER, ModelSpec, build_model
-from .search.study import load_run
+from .search.load import load_run
 from .transfer import check_retraining_found, resolve_target, retrain_command, retrain_dir
 
 MODEL_FILE = "model.safetensors"  # what a finished training leaves, and what timm's local-dir loader reads

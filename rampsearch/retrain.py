@@ -33,10 +33,12 @@ from .config import FINAL
 from .errors import UserError
 from .model_spec import ModelSpec, build_model
 from .redact import redact_command
+from .search import methods
 from .search.finalists import choose_finalists
 from .search.results import standing
 from .search.space import SCRATCH, SUPERNET, RetrainSettings, SearchSpace, Target, parse_retrain_settings
-from .search.study import load_run, search_metadata
+from .search.load import load_run
+from .search.study import search_metadata
 from .search.trial import run_trial, train_config
 from .sequential import AUTO, STOPPING, Look, SequentialPlan, look
 from .transfer import Transfer, resolve_target, retrain_dir
@@ -125,7 +127,7 @@ def plan(run_dir: Path, settings_given: dict[str, Any], baselines: bool, storage
                                 ModelSpec.iformer(target.arch, deployed.ramp, target.img_size).to_dict(), **baseline,
                                 proxy_ramp=list(handset.ramp.ratios), proxy_architecture=handset.arch.to_dict(),
                                 transfer=deployed.note)]
-    finalists = choose_finalists(run_dir, space, study, settings, method, meta.get("supernet"), device, log)
+    finalists = choose_finalists(run_dir, space, study, settings, methods.get(method), meta.get("supernet"), device, log)
     for rank, finalist in enumerate(finalists, start=1):
         record, name = finalist.record, "best" if rank == 1 else f"top{rank}"
         common = dict(proxy_score=finalist.trial.values[0], trial=finalist.trial.number, chosen_by=finalist.how,

@@ -166,7 +166,7 @@ def test_a_torn_journal_tail_is_set_aside_and_the_search_completes(space_file, r
 def test_the_hand_set_baseline_is_never_pruned(tmp_path):
     from rampsearch.search.optuna_backend import make_objective
     from rampsearch.search.options import SearchOptions
-    from rampsearch.search.space import load_space
+    from rampsearch.search.load import load_space
 
     class PruneEverything(optuna.pruners.BasePruner):
         def prune(self, study, trial) -> bool:

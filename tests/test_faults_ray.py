@@ -37,7 +37,8 @@ from rampsearch.search.ray_backend import cluster as ray_join, pickled as ray_pi
 from rampsearch.search.ray_backend import worker as ray_worker
 from rampsearch.search.record import INTERRUPTED, TrialRecord
 from rampsearch.search.options import SearchOptions
-from rampsearch.search.space import SearchSpace, load_space, parse_space
+from rampsearch.search.load import load_space, parse_space
+from rampsearch.search.space import SearchSpace
 from rampsearch.search.study import counted_trials, open_storage, trial_by_number
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,9 +3,12 @@
 Layers, bottom to top (ARCHITECTURE.md): the model layer (models, architecture, ramp, flops,
 supernet, and what they are built and trained with: config, data, train, checkpoint, ...) < search
 < what uses a search's results (retrain, transfer, report, export) < the command line (commands,
-cli). A module may import its own layer or one below. Every import counts, those inside functions
-(lazy) included: a lazy import is still a dependency, only a later one. Only imports under
-`if TYPE_CHECKING:` do not: they name types for annotations and never run.
+cli). A module may import its own layer or one below. Every import counts: those inside functions
+(lazy: still a dependency, only a later one), those under `if TYPE_CHECKING:` (a type checker
+follows them), and modules loaded by name (`import_module`): a string that names a module of the
+package (the backends in rampsearch.search.BACKENDS, the methods in rampsearch.search.methods.BUILT_IN),
+or an f-string that starts with a package's name (the CLI's f"rampsearch.commands.{name}"), which
+counts as every module of that package.
 """
 from __future__ import annotations
 
@@ -39,17 +42,24 @@ def _known(name: str) -> str:
     return name
 
 
+def _loaded_by_name(node: ast.AST) -> set[str]:
+    """The package's modules a string (or f-string) names, as `import_module` would load them."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in MODULES:
+        return {node.value}
+    if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+        prefix = str(node.values[0].value)
+        if prefix.endswith(".") and prefix[:-1] in MODULES:
+            return {module for module in MODULES if module.startswith(prefix)}
+    return set()
+
+
 def _imports(name: str) -> set[str]:
-    """The package's modules that module `name` imports, anywhere in its body."""
+    """The package's modules that module `name` imports or loads by name, anywhere in its body."""
     path = MODULES[name]
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     tree, found = ast.parse(path.read_text()), set()
-    annotations_only = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.If)
-                        and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
-                        for outer in node.body for inner in ast.walk(outer)}
     for node in ast.walk(tree):
-        if id(node) in annotations_only:
-            continue
+        found |= _loaded_by_name(node)
         if isinstance(node, ast.Import):
             found |= {_known(a.name) for a in node.names if a.name.startswith("rampsearch")}
         elif isinstance(node, ast.ImportFrom):
@@ -103,6 +113,18 @@ def test_the_import_graph_has_no_cycle():
 def test_the_graph_sees_lazy_imports():
     # supernet.py imports the models inside functions only: the graph must still hold that edge
     assert "rampsearch.models" in GRAPH["rampsearch.supernet"]
+
+
+def test_the_graph_sees_modules_loaded_by_name():
+    # the method registry loads each method's module by its name, the search its backends, the CLI its commands
+    assert {"rampsearch.search.methods.proxy", "rampsearch.search.methods.one_shot"} <= GRAPH["rampsearch.search.methods"]
+    assert "rampsearch.search.ray_backend" in GRAPH["rampsearch.search"]
+    assert "rampsearch.commands.search" in GRAPH["rampsearch.cli"]
+
+
+def test_a_search_space_is_parsed_without_knowing_the_methods():
+    # every method reads spaces, so the space names its method and the registry checks it (search.load)
+    assert not [target for target in GRAPH["rampsearch.search.space"] if target.startswith("rampsearch.search.methods")]
 
 
 def test_the_report_reads_a_retraining_without_importing_it():

@@ -27,7 +27,7 @@ from rampsearch.search import SearchOptions, ray_backend, run_search
 from rampsearch.search.ray_backend import searcher as ray_searcher, worker as ray_worker
 from rampsearch.search.progress import Progress
 from rampsearch.search.record import DUPLICATE, FAILED, OVER_BUDGET, PRUNED, TrialRecord
-from rampsearch.search.space import load_space
+from rampsearch.search.load import load_space
 from rampsearch.search.study import open_storage, trial_by_number
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from rampsearch.report.stats import detectable_difference
 from rampsearch.report.sections.common import retrain_name
 from rampsearch.report.sections.search import (MIN_TRIALS_FOR_IMPORTANCE, TOP_TRIALS, best_so_far, history_figure,
                                                top_trials)
-from rampsearch.search.space import load_space
+from rampsearch.search.load import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny_space.yaml"

@@ -7,7 +7,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
 import torch
@@ -19,8 +18,8 @@ from rampsearch.search import optuna_backend
 from rampsearch.search.distinct import DistinctSampler, covers, scored_candidates
 from rampsearch.search.record import DUPLICATE, TrialRecord
 from rampsearch.search.score import LOSS, TOP1, Score, paired_difference
-from rampsearch.search.space import load_space, parse_space
-from rampsearch.search.study import counted_trials, load_run, make_sampler, open_study, stalled_proposals
+from rampsearch.search.load import load_run, load_space, parse_space
+from rampsearch.search.study import counted_trials, make_sampler, open_study, stalled_proposals
 from rampsearch.train import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]

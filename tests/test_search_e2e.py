@@ -19,7 +19,7 @@ import pg  # tests/pg.py
 from rampsearch.errors import RunFailed
 from rampsearch.search import SearchOptions, SearchShortfall, run_search
 from rampsearch.search.record import TrialRecord
-from rampsearch.search.space import load_space
+from rampsearch.search.load import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny_space.yaml"

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from rampsearch.search import SearchOptions, methods, run_search
-from rampsearch.search.finalists import Finalist
+from rampsearch.search.record import DEFAULT_METHOD
 from rampsearch.search.score import TOP1
 
 TINY = Path(__file__).resolve().parent / "data" / "tiny_space.yaml"
@@ -52,8 +52,8 @@ class ByFlops:
         return {**row, "history": [row], "seconds": 0.0}
 
     def rescore(self, pool, space, run_dir: Path, settings, supernet: str | None, device: str,
-                log: Callable[[str], None]) -> tuple[list[Finalist], str | None]:
-        return [Finalist(t, r, (t.values[0],), "its FLOPs") for t, r in pool], None
+                log: Callable[[str], None]) -> tuple[list[methods.Finalist], str | None]:
+        return [methods.Finalist(t, r, (t.values[0],), "its FLOPs") for t, r in pool], None
 
 
 @pytest.fixture
@@ -90,10 +90,10 @@ def test_registering_is_undone_and_names_are_unique(by_flops):
     with pytest.raises(ValueError, match="exists already"):
         methods.register(by_flops)
     with pytest.raises(ValueError, match="built-in"):
-        methods.unregister(methods.DEFAULT)
+        methods.unregister(DEFAULT_METHOD)
 
 
 def test_the_built_in_methods_come_first_and_the_default_is_proxy_training():
-    assert methods.names()[:2] == ("train", "one-shot") and methods.DEFAULT == "train"
+    assert methods.names()[:2] == ("train", "one-shot") and DEFAULT_METHOD == "train"
     assert methods.get("train").per_epoch and not methods.get("one-shot").per_epoch
     assert "flops-test" not in methods.names()  # the fixture unregistered it

@@ -9,7 +9,9 @@ import yaml
 
 from rampsearch import Architecture, RampSchedule
 from rampsearch.parameterizations import PARAMETERIZATIONS, Knots
-from rampsearch.search.space import SpaceError, check_budget, load_space, parse_space
+from rampsearch.search.load import load_space, parse_space
+from rampsearch.search.score import LOSS, TOP1
+from rampsearch.search.space import SpaceError, check_budget, parse_space_data
 
 ROOT = Path(__file__).resolve().parents[1]
 NANO = {"architecture": {"variant": "nano"}, "img_size": 64}
@@ -50,10 +52,23 @@ def test_shipped_spaces_validate(path):
      r"search_architecture.embed_dims\[2\]: widths must be positive multiples of head_dim=32, got \[200\]"),
     ({**NANO, "search_architecture": {"depths": [[1, 1], [1, 2], [1, 3], [1, 2]]}},
      "the base architecture's depth_1=2 is outside the searched values"),
+    ({**NANO, "method": "zero-cost"}, r"method: 'zero-cost' is not one of \['train', 'one-shot'\]"),
+    ({**NANO, "method": 3}, "method: expected the name of a search method, got 3"),
 ])
 def test_bad_spaces_name_the_key(data, message):
     with pytest.raises(SpaceError, match=message):
         parse_space(data, source="bad.yaml")
+
+
+def test_a_space_is_ranked_by_its_method_only_once_loaded_through_the_registry():
+    # space.py parses without knowing the methods (each method module reads spaces); search.load.parse_space checks
+    # the method and fills in its default score, which `score` refuses to guess before that
+    written = parse_space_data({**NANO, "method": "one-shot"}, source="one.yaml")
+    assert written.search.score is None
+    with pytest.raises(ValueError, match="one.yaml: the space was not checked by its method"):
+        written.score
+    assert parse_space({**NANO, "method": "one-shot"}).search.score == LOSS
+    assert parse_space({**NANO, "method": "one-shot", "search": {"score": "top1"}}).search.score == TOP1
 
 
 def test_load_space_file_errors(tmp_path):

@@ -15,7 +15,7 @@ from devices import TEST_DEVICE  # tests/devices.py
 from rampsearch.config import ConfigError, TrainConfig, load_recipe
 from rampsearch.data import (FINAL, SEARCH, SEARCH_SPLIT_STREAM, DataError, TensorImages, build_datasets,
                              check_data, search_split_indices)
-from rampsearch.search.space import load_space
+from rampsearch.search.load import load_space
 from rampsearch.search.trial import candidate_spec, train_config
 from rampsearch.train import fit, preflight
 

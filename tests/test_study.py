@@ -15,7 +15,7 @@ from rampsearch.search.study import (counted_trials, fail_trial, open_storage,
                                      retry_interrupted, trial_by_number)
 from rampsearch.errors import UserError
 from rampsearch.ramp import RampSchedule
-from rampsearch.search.space import load_space
+from rampsearch.search.load import load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "rampsearch"

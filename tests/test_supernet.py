@@ -37,10 +37,13 @@ from rampsearch.flops import count_flops, estimate_flops, flops_model
 from rampsearch.models import build_iformer
 from rampsearch.models.inception_transformer import InceptionMixer, InceptionTransformer
 from rampsearch.ramp import RampError
+from rampsearch.search import SearchOptions, run_search
+from rampsearch.search.load import parse_space
 from rampsearch.search.methods import one_shot
 from rampsearch.search.methods.one_shot import (check_supernet, load_supernet, make_scorer, recalibrate_batchnorm,
                                         score_candidate, supernet_config)
-from rampsearch.search.space import SpaceError, parse_space
+from rampsearch.search.record import ONE_SHOT
+from rampsearch.search.space import SpaceError
 from rampsearch.supernet import (RampSupernet, SharedMixer, Subnet, SupernetError, SupernetSpec,
                                  sandwich_backward)
 from rampsearch.train import MODEL_FILE, evaluate, fit
@@ -532,6 +535,16 @@ def test_a_one_shot_space_whose_range_excludes_the_hand_set_ramp_is_refused():
     data = {**SPACE, "ramp": {"parameterization": "per_stage", "range": [0.6, 1.0]}}
     with pytest.raises(SpaceError, match="ramp.range"):  # the supernet could not run the yardstick
         parse_space(data)
+
+
+def test_method_one_shot_on_the_command_line_checks_the_space_too(tmp_path):
+    space = tmp_path / "narrow.yaml"
+    space.write_text(yaml.safe_dump({**SPACE, "method": "train",
+                                     "ramp": {"parameterization": "per_stage", "range": [0.6, 1.0]}}))
+    with pytest.raises(SpaceError, match="ramp.range"):  # before anything is written or trained
+        run_search(space, tmp_path / "run", SearchOptions(trials=1, study="narrow", method=ONE_SHOT),
+                   show_progress=False, log=lambda line: None)
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_same_architecture_spelled_out_is_the_same_supernet(trained):

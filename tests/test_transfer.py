@@ -13,7 +13,8 @@ import yaml
 from rampsearch.architecture import Architecture
 from rampsearch.flops import estimate_flops
 from rampsearch.ramp import RampError, RampSchedule, transfer_ramp, transfer_ratios
-from rampsearch.search.space import Budget, SpaceError, Target, load_space, parse_space
+from rampsearch.search.load import load_space, parse_space
+from rampsearch.search.space import Budget, SpaceError, Target
 from rampsearch.transfer import Transfer, TransferError, fit_budget, resolve_target, retrain_dir
 
 ROOT = Path(__file__).resolve().parents[1]

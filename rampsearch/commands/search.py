@@ -5,10 +5,9 @@ import argparse
 from pathlib import Path
 
 from ..config import parse_set
-from ..search import SearchOptions, SearchOutcome, SearchShortfall, methods, run_search
+from ..search import SearchOptions, SearchOutcome, SearchShortfall, load_space, methods, run_search
 from ..search.rdb import check_storage_url
 from ..search.score import Score
-from ..search.space import load_space
 from .common import (add_device_arg, add_keep_checkpoints_arg, add_output_args, add_set_arg, logger, positive_int,
                      print_json)
 

@@ -33,13 +33,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..search.methods.one_shot import supernet_config, train_supernet
-    from ..search.space import load_space
+    from ..search.load import load_space
+    from ..search.methods.one_shot import METHOD, supernet_config, train_supernet
     from ..train import preflight
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
     space = load_space(args.space, parse_set(args.overrides))
+    METHOD.check_space(space)  # the supernet is the one-shot method's, whatever method the space names
     preflight(supernet_config(space, None, args.device))
     ensure_directory(args.out, "--out")
     result = train_supernet(space, Path(args.out), args.device, quiet=args.quiet)

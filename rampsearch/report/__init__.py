@@ -110,7 +110,7 @@ def load_run_data(run_dir: Path, storage: str | None = None, target: str | None 
     """Read and check the run directory; a missing or unfinished run is a UserError naming what to do.
 
     `target`, `img_size`: which retraining (rampsearch.transfer.resolve_target)."""
-    from ..search.study import load_run
+    from ..search.load import load_run
     from ..sequential import STOPPING
     from ..transfer import check_retraining_found, resolve_target, retrain_command, retrain_dir
 

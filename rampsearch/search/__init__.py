@@ -4,7 +4,8 @@ The seams: `space` (what to search, from YAML, with its typed proxy/search/retra
 candidates and their budget; how a ramp becomes sampler parameters is rampsearch.parameterizations), `record`
 (what a trial stores), `study` (where trials live: storage, samplers, pruners, mending interrupted
 trials), `methods` (how a candidate is scored: a proxy training, or on a supernet; one module per
-method behind one protocol), `trial` (one candidate, by the run's method), the backends
+method behind one protocol), `load` (a space, checked by its method; a run's space and study), `trial` (a trial's
+folder and training config), `finalists` (what is retrained), the backends
 (`optuna_backend`, `ray_backend`: how trials are scheduled; they import the seams, never each other)
 and `results` (the run directory's files). A backend is a module with `run(space, space_file,
 run_dir, options, progress)` returning the Optuna study that holds its trials; register it in BACKENDS.
@@ -31,8 +32,9 @@ from .options import SearchOptions
 from .progress import Progress, counts
 from .record import FAILED, INTERRUPTED, TrialRecord
 from . import methods
+from .load import load_space
 from .results import Standing, standing, write_outputs
-from .space import SearchSpace, check_budget, load_space
+from .space import SearchSpace, check_budget
 from .score import Score
 from .distinct import covers
 from .study import MAX_STALLED_PROPOSALS, interrupted_numbers, run_score, search_metadata, stalled_proposals
@@ -193,6 +195,8 @@ def run_search(space_file: str | Path, run_dir: str | Path, options: SearchOptio
         space = space.with_score(resumed)
     given = _with_method(space, options)
     method = methods.get(given.method)
+    if given.method != space.method:  # --method: load_space checked the space by the space's own method
+        method.check_space(space)
     options = method.resolve(given, run_dir)  # e.g. one-shot: RUN_DIR/supernet when --supernet is not given
     low, high, warning = check_budget(space)
     preflight(space, given)

@@ -20,42 +20,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial
 
-from ..architecture import Architecture
-from ..model_spec import ModelSpec
-from ..ramp import RampSchedule
-from . import methods
+from .methods.protocol import Finalist, SearchMethod
 from .record import TrialRecord
 from .results import ranked_searched
 from .score import paired_difference
 from .space import RetrainSettings, SearchSpace
-
-
-@dataclass(frozen=True)
-class Finalist:
-    trial: FrozenTrial
-    record: TrialRecord
-    scores: tuple[float, ...]  # the search's score, then any re-scores (one-shot: the re-score replaces it)
-    how: str  # how it was chosen, in words
-
-    @property
-    def score(self) -> float:
-        return statistics.fmean(self.scores)
-
-    def spec(self, space: SearchSpace) -> ModelSpec:
-        return ModelSpec.iformer(*model_of(self.record), space.img_size)
-
-
-def model_of(record: TrialRecord) -> tuple[Architecture, RampSchedule]:
-    """The searched architecture and ramp of a trial's record."""
-    return Architecture.from_dict(record.architecture), RampSchedule(record.ramp)
 
 
 def _distinct(ranked: list[tuple[FrozenTrial, TrialRecord]], space: SearchSpace) -> list[tuple[FrozenTrial, TrialRecord]]:
@@ -72,7 +47,7 @@ def _distinct(ranked: list[tuple[FrozenTrial, TrialRecord]], space: SearchSpace)
 
 
 def choose_finalists(run_dir: Path, space: SearchSpace, study: optuna.Study, settings: RetrainSettings,
-                     method: str, supernet: str | None, device: str = "auto",
+                     method: SearchMethod, supernet: str | None, device: str = "auto",
                      log: Callable[[str], None] = print) -> list[Finalist]:
     """The top `settings.top` distinct within-budget searched schedules, re-scored as the module doc says."""
     pool = _distinct(ranked_searched(study), space)[:settings.rescore or 3 * settings.top]
@@ -80,7 +55,7 @@ def choose_finalists(run_dir: Path, space: SearchSpace, study: optuna.Study, set
     if len(pool) <= top or space.multi_objective:
         why = "the search's Pareto ranking" if space.multi_objective else "its search score (no runner-up to re-score)"
         return [Finalist(t, r, (t.values[0],), f"top {i + 1} by {why}") for i, (t, r) in enumerate(pool[:top])]
-    finalists, separation = methods.get(method).rescore(pool, space, run_dir, settings, supernet, device, log)
+    finalists, separation = method.rescore(pool, space, run_dir, settings, supernet, device, log)
     if separation is None:
         return [dataclasses.replace(f, how=f"top {i + 1} by {f.how}") for i, f in enumerate(finalists[:top])]
     log(f"re-scored: {separation}")
@@ -93,7 +68,6 @@ def choose_finalists(run_dir: Path, space: SearchSpace, study: optuna.Study, set
 def by_score(finalists: list[Finalist], space: SearchSpace) -> list[Finalist]:
     """Best first by the searched score; ties by trial number."""
     return sorted(finalists, key=lambda f: (space.score.sort_key(f.score), f.trial.number))
-
 
 
 def best_vs_runner_up(finalists: list[Finalist], space: SearchSpace, values: Callable[[Finalist], Sequence[float]],

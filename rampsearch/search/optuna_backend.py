@@ -20,6 +20,7 @@ from typing import Any, Callable
 import optuna
 
 from ..errors import RunFailed, UserError
+from .methods import evaluate_candidate
 from .options import SearchOptions
 from .progress import Progress, epoch_line
 from .rdb import DatabaseUnavailable
@@ -28,7 +29,7 @@ from .space import SearchSpace
 from .distinct import covers
 from .study import (MAX_STALLED_PROPOSALS, counted_trials, duplicate_of, mend, open_study, repeat_answer,
                     stalled_proposals, worker_identity)
-from .trial import admitted, evaluate_candidate
+from .trial import admitted
 
 # How often the parent of --workers processes refreshes its progress line.
 WORKER_POLL_S = 2.0

@@ -36,6 +36,7 @@ STATUSES = (OVER_BUDGET, DUPLICATE, PRUNED, FAILED, INTERRUPTED)
 HISTORY_METRICS = ("top1", "top5", "loss", "train_loss", "loss_se", "top1_se")
 # How a trial's value was measured (the space's `method`): a short standalone training, or on a supernet.
 TRAIN, ONE_SHOT = "train", "one-shot"
+DEFAULT_METHOD = TRAIN  # a space without `method:`; a trial recorded before methods existed
 
 
 class HasAttrs(Protocol):
@@ -59,7 +60,7 @@ class TrialRecord:
     status: str | None = None  # one of STATUSES, or None for a trial that trained to the end
     reason: str | None = None  # the status in words ("gflops over budget by 0.001", "MemoryError: ...")
     seed: int | None = None  # training seed
-    method: str = TRAIN
+    method: str = DEFAULT_METHOD
     history: tuple[dict[str, float], ...] = ()  # per-epoch metrics, epoch 1 first
     retry_of: int | None = None  # number of the interrupted trial this one retries
     folder: int | None = None  # trials/NNNN the training writes to (a retry reuses its original's)
@@ -173,5 +174,5 @@ def _to_json(value: Any) -> Any:
     return value
 
 
-__all__ = ["CandidateKey", "candidate_key", "DUPLICATE", "FAILED", "HISTORY_METRICS", "INTERRUPTED", "OVER_BUDGET", "ONE_SHOT", "PRUNED", "TRAIN",
+__all__ = ["CandidateKey", "candidate_key", "DEFAULT_METHOD", "DUPLICATE", "FAILED", "HISTORY_METRICS", "INTERRUPTED", "OVER_BUDGET", "ONE_SHOT", "PRUNED", "TRAIN",
            "STATUSES", "TrialRecord", "optuna_retry_of"]

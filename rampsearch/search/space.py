@@ -17,9 +17,8 @@ from ..flops import flops_model
 from ..ramp import RampSchedule, allowed_high_heads
 from ..sequential import AUTO, MIN_SEEDS
 from ..parameterizations import PARAMETERIZATIONS, Knots, Parameterization
-from . import methods
-from .record import OVER_BUDGET, CandidateKey, TrialRecord, candidate_key
-from .score import METRICS as SCORES, TOP1, Score
+from .record import DEFAULT_METHOD, OVER_BUDGET, CandidateKey, TrialRecord, candidate_key
+from .score import METRICS as SCORES, Score
 
 SAMPLERS = ("tpe", "nsga2", "gp", "cmaes", "random")
 PRUNERS = ("median", "hyperband", "none")
@@ -120,7 +119,9 @@ class SearchSettings:
     sampler: str = "tpe"
     pruner: str = "median"
     seed: int = 0
-    score: str = TOP1  # what candidates are ranked by (rampsearch.search.score); parsed: the method's default_score
+    # what candidates are ranked by (rampsearch.search.score); None: the method's default_score, set when the
+    # space is loaded (rampsearch.search.load)
+    score: str | None = None
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,7 @@ class SearchSpace:
     supernet: SupernetSettings  # used by method one-shot
     retrain: RetrainSettings = RetrainSettings()
     source: str = ""
-    method: str = methods.DEFAULT  # how a candidate is scored (rampsearch.search.methods)
+    method: str = DEFAULT_METHOD  # how a candidate is scored: a name in rampsearch.search.methods (which checks it)
     target: Target | None = None  # where `retrain` deploys the searched ramps; None: the searched architecture
 
     def proxy_recipe(self) -> Any:
@@ -208,6 +209,9 @@ class SearchSpace:
     @property
     def score(self) -> Score:
         """What the search ranks candidates by (the `accuracy` objective's value)."""
+        if self.search.score is None:
+            raise ValueError(f"{self.source}: the space was not checked by its method, so it has no score yet; "
+                             "load spaces with rampsearch.search.load_space")
         return Score(self.search.score)
 
     @property
@@ -412,10 +416,11 @@ def parse_target(data: Any, source: str, key: str = "target", name: str = "targe
     return Target(label, arch, img_size, budget)
 
 
-def load_space(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
-    """Read and validate a search-space YAML file; `overrides` (`--set`) go over its proxy.overrides."""
+def read_space(path: str | Path, overrides: dict[str, Any] | None = None) -> SearchSpace:
+    """Read and validate a search-space YAML file as written (`overrides`, `--set`, go over its proxy.overrides);
+    rampsearch.search.load_space also checks it by its method, as every search does."""
     data = read_yaml_mapping(path, "search space", SpaceError)
-    return parse_space(data, str(path), default_name=Path(path).stem, overrides=overrides)
+    return parse_space_data(data, str(path), default_name=Path(path).stem, overrides=overrides)
 
 
 def _integer(value: Any, source: str, key: str, minimum: int = 1) -> int:
@@ -450,9 +455,9 @@ def _proxy_settings(data: Any, source: str, base: Architecture, overrides: dict[
                          overrides=merged)
 
 
-def _search_settings(data: Any, source: str, multi_objective: bool, method: str) -> SearchSettings:
+def _search_settings(data: Any, source: str, multi_objective: bool) -> SearchSettings:
     search = _mapping(data, source, "search", {"trials", "sampler", "pruner", "seed", "score"})
-    settings = SearchSettings(sampler="nsga2" if multi_objective else "tpe", score=methods.get(method).default_score)
+    settings = SearchSettings(sampler="nsga2" if multi_objective else "tpe")
     settings = replace(settings, **search)
     _integer(settings.trials, source, "search.trials")
     _integer(settings.seed, source, "search.seed", minimum=0)
@@ -460,7 +465,7 @@ def _search_settings(data: Any, source: str, multi_objective: bool, method: str)
         raise _err(source, "search.sampler", f"{settings.sampler!r} is not one of {list(SAMPLERS)}")
     if settings.pruner not in PRUNERS:
         raise _err(source, "search.pruner", f"{settings.pruner!r} is not one of {list(PRUNERS)}")
-    if settings.score not in SCORES:
+    if settings.score is not None and settings.score not in SCORES:
         raise _err(source, "search.score", f"{settings.score!r} is not one of {list(SCORES)} (loss: mean "
                                            "cross-entropy on the search split, lower is better; top1: its top-1)")
     if settings.sampler == "cmaes" and multi_objective:
@@ -507,8 +512,10 @@ def _supernet_settings(data: Any, source: str, proxy: ProxySettings) -> Supernet
     return SupernetSettings(**{"epochs": proxy.epochs, **supernet})
 
 
-def parse_space(data: Any, source: str = "<space>", default_name: str = "search",
-                overrides: dict[str, Any] | None = None) -> SearchSpace:
+def parse_space_data(data: Any, source: str = "<space>", default_name: str = "search",
+                     overrides: dict[str, Any] | None = None) -> SearchSpace:
+    """A space read into a mapping, validated as written; its method is not checked and `search.score` is None
+    unless set: rampsearch.search.load.parse_space does both."""
     data = _mapping(data, source, "(top level)", TOP_KEYS)
     if "architecture" not in data:
         raise _err(source, "architecture", "missing; give a variant (e.g. {variant: nano}) or depths/embed_dims")
@@ -545,21 +552,19 @@ def parse_space(data: Any, source: str = "<space>", default_name: str = "search"
         raise _err(source, "objectives", f"'accuracy' (the searched score) must come first, got {objectives!r}; "
                                          f"write {['accuracy'] + [o for o in objectives if o != 'accuracy']!r}")
 
-    method = data.get("method", methods.DEFAULT)
-    if method not in methods.names():
-        raise _err(source, "method", f"{method!r} is not one of {list(methods.names())}")
+    method = data.get("method", DEFAULT_METHOD)
+    if not isinstance(method, str) or not method:
+        raise _err(source, "method", f"expected the name of a search method, got {method!r}")
     proxy = _proxy_settings(data.get("proxy"), source, base, overrides)
-    space = SearchSpace(
+    return SearchSpace(
         name=str(data.get("name", default_name)), base=base, img_size=img_size, parameterization=parameterization,
         ratio_range=(float(ratio_range[0]), float(ratio_range[1])),
         arch_choices=_arch_choices(data.get("search_architecture"), base, source), budget=budget,
         objectives=tuple(objectives), proxy=proxy,
-        search=_search_settings(data.get("search"), source, len(objectives) > 1, method),
+        search=_search_settings(data.get("search"), source, len(objectives) > 1),
         retrain=parse_retrain_settings(data.get("retrain"), source), source=source, method=method,
         supernet=_supernet_settings(data.get("supernet"), source, proxy),
         target=parse_target(data["target"], source) if data.get("target") is not None else None)
-    methods.get(method).check_space(space)
-    return space
 
 
 def check_budget(space: SearchSpace) -> tuple[int, int, str | None]:

@@ -24,13 +24,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import UserError
-from ..redact import redact
 from .journal import check_journal
 from .rdb import open_rdb
 from .distinct import DistinctSampler, joint_tpe
 from .record import INTERRUPTED, TrialRecord, optuna_retry_of
 from .score import TOP1
-from .space import SearchSpace, load_space
+from .space import SearchSpace
 
 JOURNAL = "study.journal"
 # A proposal that brings nothing new (over budget, or a candidate scored already) costs milliseconds; a
@@ -142,26 +141,6 @@ def run_score(run_dir: Path) -> str | None:
     """
     meta = search_metadata(run_dir)
     return meta.get("score", TOP1) if meta else None
-
-
-def load_run(run_dir: str | Path, storage: str | None = None) -> tuple[SearchSpace, optuna.Study]:
-    """(space, study) of a search's run directory; an RDB study needs the same `storage` URL again."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "space.yaml").is_file():
-        raise UserError(f"{run_dir} is not a search run directory (no space.yaml); run `rampsearch search` first")
-    meta = search_metadata(run_dir)
-    space = load_space(run_dir / "space.yaml", meta.get("set"))
-    space = space.with_score(run_score(run_dir) or space.search.score)
-    if meta.get("storage_kind") == "rdb" and not storage:
-        raise UserError(f"the study of {run_dir} lives in {meta['storage']}; pass the same --storage URL")
-    if not storage and not (run_dir / JOURNAL).is_file():
-        raise UserError(f"{run_dir} has no study yet ({JOURNAL} is missing); run `rampsearch search` first")
-    name = meta.get("study", space.name)
-    try:
-        study = optuna.load_study(study_name=name, storage=open_storage(run_dir, storage))
-    except KeyError:
-        raise UserError(f"no study named {name!r} in {redact(storage) if storage else run_dir / JOURNAL}") from None
-    return space, study
 
 
 def trial_by_number(study: optuna.Study, number: int) -> FrozenTrial:

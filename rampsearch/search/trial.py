@@ -1,6 +1,7 @@
-"""One search trial: a candidate scored by the run's method (rampsearch.search.methods), e.g. a proxy
-training through the one training function, `train.fit`, or its score on the space's supernet.
+"""One search trial's pieces, whatever its method: its folder, whether it may train, and the `train.fit`
+config and call that a proxy training (and the supernet, and a retraining) runs through.
 
+A backend scores a trial with `rampsearch.search.methods.evaluate_candidate` (the run's method).
 Backends differ only in how they report per-epoch metrics (Optuna: trial.report + pruning,
 Ray: tune.report + ASHA); they pass that as `report(epoch, metrics)`, which may raise to stop.
 """
@@ -11,9 +12,7 @@ from typing import Any
 
 from ..config import SEARCH
 from ..model_spec import ModelSpec
-from . import methods
-from .methods import Report
-from .options import SearchOptions
+from .methods.protocol import Report
 from .space import Candidate, SearchSpace
 
 
@@ -70,13 +69,6 @@ def train_config(space: SearchSpace, spec: ModelSpec, out_dir: Path | None, devi
     if device:
         config["device"] = device
     return config
-
-
-def evaluate_candidate(space: SearchSpace, candidate: Candidate, run_dir: Path, folder: int, options: SearchOptions,
-                       report: Report | None) -> dict[str, Any]:
-    """Score a candidate by the run's method (methods.of_run), in trial folder `folder`.
-    Returns the final metrics, `history` and `seconds`."""
-    return methods.of_run(space, options).evaluate(space, candidate, run_dir, folder, options, report)
 
 
 def run_trial(config: dict[str, Any], report: Report | None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from ...config import load_recipe
 from ...model_spec import ModelSpec
 from ...ramp import RampSchedule
 from ...search import methods
+from ...search.record import DEFAULT_METHOD
 from ..spectra import retrain_recipe
 
 HANDSET = "handset"
@@ -102,4 +103,4 @@ def draw_stage_boundaries(ax, archs: dict[str, Architecture], colours: dict[str,
 
 def method_words(data) -> methods.Words:
     """What the report says about the search's method (a plan that names none: the default method's)."""
-    return methods.get((data.plan.get("search") or {}).get("method") or methods.DEFAULT).words
+    return methods.get((data.plan.get("search") or {}).get("method") or DEFAULT_METHOD).words

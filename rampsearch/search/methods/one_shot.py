@@ -31,13 +31,13 @@ from ...data import data_identity
 from ...model_spec import ModelSpec
 from ...ramp import RampError, RampSchedule
 from ...supernet import RampSupernet, Subnet, SupernetError, SupernetSpec
-from ..finalists import Finalist, best_vs_runner_up, model_of
+from ..finalists import best_vs_runner_up
 from ..options import SearchOptions
 from ..record import ONE_SHOT
 from ..score import LOSS
 from ..space import Candidate, RetrainSettings, SearchSpace, SpaceError
 from ..trial import train_config
-from . import Pool, Report, Words
+from .protocol import Finalist, Pool, Report, Words, model_of
 
 SUPERNET_DIR = "supernet"  # in the run directory
 ALL_IMAGES = sys.maxsize  # `make_scorer(score_images=...)`: the whole search split

@@ -14,13 +14,13 @@ from typing import Any, Callable
 
 from ...errors import UserError
 from ...model_spec import ModelSpec
-from ..finalists import Finalist, best_vs_runner_up, model_of
+from ..finalists import best_vs_runner_up
 from ..options import SearchOptions
 from ..record import TRAIN
 from ..score import TOP1
 from ..space import Candidate, RetrainSettings, SearchSpace
 from ..trial import candidate_spec, run_trial, train_config, trial_folder
-from . import Pool, Report, Words
+from .protocol import Finalist, Pool, Report, Words, model_of
 
 RESCORE_DIR = "rescore"  # in the run directory
 

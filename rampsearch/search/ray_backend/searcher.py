@@ -16,9 +16,8 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from .. import methods
 from ..distinct import covers
-from ..record import INTERRUPTED, PRUNED, TrialRecord
+from ..record import DEFAULT_METHOD, INTERRUPTED, PRUNED, TrialRecord
 from ..space import SearchSpace
 from ..study import MAX_STALLED_PROPOSALS, duplicate_of, fail_trial, repeat_answer, retry_interrupted, trial_by_number
 from ..trial import admitted
@@ -103,7 +102,7 @@ class RampOptunaSearch(OptunaSearch):
     Tune calls right after, fails them with the error as the reason.
     """
 
-    def __init__(self, *args: Any, max_epochs: int, sampler_seed: int, method: str = methods.DEFAULT, score_se_key: str = "",
+    def __init__(self, *args: Any, max_epochs: int, sampler_seed: int, method: str = DEFAULT_METHOD, score_se_key: str = "",
                  grid: list | None = None, **kwargs: Any) -> None:
         """`score_se_key`: the result key of the searched score's standard error; `grid`: the space's
         candidates when it can list them (SearchSpace.grid), to stop when every one has been scored."""

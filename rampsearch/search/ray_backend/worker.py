@@ -17,7 +17,7 @@ from ...ramp import RampSchedule
 from .. import methods
 from ..options import SearchOptions
 from ..space import SearchSpace
-from ..trial import evaluate_candidate, trial_folder
+from ..trial import trial_folder
 
 
 def _copy_checkpoint(source: Path, dest: Path) -> None:
@@ -101,7 +101,7 @@ def trainable(config: dict[str, Any], space: SearchSpace, run_dir: str, options:
     last: dict[str, float] = {}
     method = methods.of_run(space, options)
     if not method.per_epoch:  # one-shot: the supernet's folder is on a disk every worker reads
-        result = evaluate_candidate(space, candidate, Path(run_dir), config["number"], options, report=None)
+        result = method.evaluate(space, candidate, Path(run_dir), config["number"], options, report=None)
         tune.report({**result["history"][-1], **constants})
         return
 
@@ -112,6 +112,6 @@ def trainable(config: dict[str, Any], space: SearchSpace, run_dir: str, options:
         with _staged_checkpoint(folder) as checkpoint:
             tune.report({**metrics, **constants, "epoch": epoch}, checkpoint=checkpoint)
 
-    evaluate_candidate(space, candidate, Path(run_dir), config["number"], options, report)
+    method.evaluate(space, candidate, Path(run_dir), config["number"], options, report)
     if last:  # empty when Tune had the last epoch already (training returned its stored result)
         tune.report(last)
