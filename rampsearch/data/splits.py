@@ -1,6 +1,5 @@
 """Seeded per-class splits: the search split, the val split of a single folder, `data_fraction`.
 
-----------------
 A search must not pick its candidates on the images the final comparison reports, so search trials
 (`TrainConfig.data_split: search`) hold out `search_split` (recipe key, default 0.2) of every class's
 *training* images, train on the rest and are scored on the held-out part; retraining and `rampsearch
@@ -58,7 +57,7 @@ def _held_count(n: int, share: float, minimum: int = 0) -> int:
 
 
 def split_files(files: dict[str, list[Path]], classes: list[str], share: float, seed: int | list[int],
-           minimum: int = 0) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
+                minimum: int = 0) -> tuple[dict[str, list[Path]], dict[str, list[Path]]]:
     """Per-class seeded split of file lists into (kept, held out): the val split of one folder (seed
     `split_seed`), or the search split of the training files (seed `search_seed(split_seed)`, `minimum`
     1). A class holds out `_held_count` of its images and keeps at least one training image."""

@@ -15,6 +15,7 @@ from ...architecture import Architecture
 from ...checkpoint import POINTER, RESULT, drop_checkpoint, read_json
 from ...ramp import RampSchedule
 from .. import methods
+from ..methods import evaluate_candidate
 from ..options import SearchOptions
 from ..space import SearchSpace
 from ..trial import trial_folder
@@ -101,7 +102,7 @@ def trainable(config: dict[str, Any], space: SearchSpace, run_dir: str, options:
     last: dict[str, float] = {}
     method = methods.of_run(space, options)
     if not method.per_epoch:  # one-shot: the supernet's folder is on a disk every worker reads
-        result = method.evaluate(space, candidate, Path(run_dir), config["number"], options, report=None)
+        result = evaluate_candidate(space, candidate, Path(run_dir), config["number"], options, report=None)
         tune.report({**result["history"][-1], **constants})
         return
 
@@ -112,6 +113,6 @@ def trainable(config: dict[str, Any], space: SearchSpace, run_dir: str, options:
         with _staged_checkpoint(folder) as checkpoint:
             tune.report({**metrics, **constants, "epoch": epoch}, checkpoint=checkpoint)
 
-    method.evaluate(space, candidate, Path(run_dir), config["number"], options, report)
+    evaluate_candidate(space, candidate, Path(run_dir), config["number"], options, report)
     if last:  # empty when Tune had the last epoch already (training returned its stored result)
         tune.report(last)
